@@ -1,0 +1,1 @@
+"""jdpm.diffusion."""
