@@ -1,1 +1,4 @@
-"""jdpm.parallel."""
+"""Device mesh, sharding rules and multi-host helpers."""
+
+from jdpm.parallel.mesh import (DATA_AXES, batch_sharding, global_batch, initialize_distributed, make_mesh,
+                                param_sharding, replicated, tree_shardings)

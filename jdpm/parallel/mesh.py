@@ -1,0 +1,110 @@
+"""The device mesh, sharding rules for parameters and batches, and multi-host start-up.
+
+One mesh serves every job: axes ``("data", "fsdp")``. The batch is split over both axes (every device sees a
+different slice of the batch); parameters are replicated, except large ones, which are split along the
+``fsdp`` axis (ZeRO-3 style). With ``fsdp=1`` this is plain data parallelism.
+
+The mesh uses ``AxisType.Auto`` on purpose: jdpm places arrays with ``NamedSharding`` and states the in/out
+shardings of each ``jax.jit``; the partitioner propagates the rest. (``jax.make_mesh`` would default to
+Explicit axes, which makes every op's sharding part of its type.)
+"""
+
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXES = ("data", "fsdp")
+
+
+def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp") mesh over all (or the given) devices.
+
+  Args:
+    fsdp: size of the fsdp axis; must divide the number of devices. The data axis takes the rest.
+    devices: devices to use; default ``jax.devices()`` (all processes' devices).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"fsdp={fsdp} must be >= 1 and divide the device count {len(devices)}.")
+  shape = (len(devices) // fsdp, fsdp)
+  return jax.make_mesh(shape, DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P(DATA_AXES))
+
+
+def param_sharding(shape, mesh: Mesh, min_fsdp_size: int = 2**18) -> NamedSharding:
+  """Replicated for small arrays; otherwise the largest axis divisible by the fsdp size goes on "fsdp".
+
+  Args:
+    shape: the array's shape.
+    mesh: a mesh from `make_mesh`.
+    min_fsdp_size: arrays with fewer elements stay replicated (sharding them saves little memory and costs
+      an all-gather each step).
+  """
+  n = mesh.shape["fsdp"]
+  if n == 1 or int(np.prod(shape)) < min_fsdp_size:
+    return replicated(mesh)
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % n == 0:
+      spec = [None] * len(shape)
+      spec[axis] = "fsdp"
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, min_fsdp_size: int = 2**18):
+  """`param_sharding` for every leaf of a pytree of arrays or ShapeDtypeStructs."""
+  return jax.tree.map(lambda a: param_sharding(a.shape, mesh, min_fsdp_size), abstract_tree)
+
+
+def global_batch(local_batch, mesh: Mesh):
+  """Assemble each host's slice of the batch into global arrays sharded over the mesh.
+
+  Args:
+    local_batch: pytree of host-local numpy arrays, leading axis = per-host batch size.
+  Returns:
+    pytree of global jax.Arrays with leading axis = per-host batch x process count.
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local_batch)
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+  """Start multi-host JAX when there is more than one process; a no-op for a single process.
+
+  On TPU VMs call with no arguments: JAX discovers the pod slice itself (set JDPM_DISTRIBUTED=1 or pass
+  any argument to force the call). Elsewhere (GPU clusters, CPU tests) the coordinator "host:port", the number
+  of processes and this process's id come from the arguments or from the environment variables
+  JDPM_COORDINATOR, JDPM_NUM_PROCESSES and JDPM_PROCESS_ID.
+  """
+  coordinator_address = coordinator_address or os.environ.get("JDPM_COORDINATOR")
+  num_processes = num_processes or _int_env("JDPM_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _int_env("JDPM_PROCESS_ID")
+  on_tpu_pod = os.environ.get("JDPM_DISTRIBUTED") == "1"
+  if coordinator_address is None and num_processes is None and not on_tpu_pod:
+    return
+  if coordinator_address is not None and (num_processes is None or process_id is None):
+    raise ValueError("multi-host start-up needs the coordinator address, the number of processes and this "
+                     "process's id (flags or JDPM_COORDINATOR / JDPM_NUM_PROCESSES / JDPM_PROCESS_ID).")
+  if coordinator_address is not None:
+    # Cross-process collectives on the CPU backend need gloo; GPU/TPU backends ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _int_env(name):
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") else None
