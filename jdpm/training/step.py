@@ -1,0 +1,116 @@
+"""The jitted update step: loss -> gradients (optionally accumulated over micro-batches) -> optimizer -> EMA.
+
+A training objective supplies three pure functions (see `Objective`); the step knows nothing about diffusion.
+All randomness of a step is drawn once for the whole global batch, before any micro-batch split, from
+``fold_in(state.rng, state.step)``. That is what makes gradient accumulation equal to the full-batch step
+and a resumed run identical to an uninterrupted one.
+"""
+
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdpm.training.state import TrainState
+
+
+class Objective(Protocol):
+  """What the update step needs from a training objective."""
+
+  def draw(self, rng: jax.Array, batch: dict, extra: Any) -> dict:
+    """Adds every random quantity of the step (timesteps, noise, label drops, masks) to the batch.
+
+    Each added array must have the global batch as its leading axis.
+    """
+
+  def per_example_loss(self, params: Any, batch: dict) -> tuple[jax.Array, dict]:
+    """(B,) float32 losses and a dict of (B,) auxiliary per-example values."""
+
+  def update_extra(self, extra: Any, batch: dict, losses: jax.Array, aux: dict) -> Any:
+    """The new auxiliary state after the step (e.g. the timestep sampler's loss history)."""
+
+
+def cast_floats(tree, dtype):
+  """Casts every floating leaf of a pytree to `dtype` (None: unchanged)."""
+  if dtype is None:
+    return tree
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation, *,
+                   ema_decay: float = 0.9999, grad_accum_steps: int = 1, compute_dtype=None,
+                   lr_schedule: Callable[[jax.Array], jax.Array] | None = None):
+  """Builds ``update(state, batch) -> (state, metrics)``, to be wrapped in `jax.jit` (see `jit_update_fn`).
+
+  Args:
+    objective: the training objective.
+    optimizer: an optax transformation (gradient clipping, if any, belongs in it).
+    ema_decay: EMA decay per step; the EMA starts as a copy of the parameters.
+    grad_accum_steps: split the global batch into this many micro-batches, run them one after the other and
+      average the gradients: same result as the full batch, a fraction of the activation memory.
+    compute_dtype: e.g. jnp.bfloat16 for mixed precision: params and inputs are cast for the forward and
+      backward pass; parameters, gradients, optimizer state and the loss stay float32.
+    lr_schedule: reported as the "lr" metric when given.
+  Returns:
+    the update function. Metrics: loss, grad_norm (before clipping), param_norm, lr.
+  """
+  if grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}.")
+
+  def mean_loss(params, batch):
+    losses, aux = objective.per_example_loss(cast_floats(params, compute_dtype),
+                                             cast_floats(batch, compute_dtype))
+    losses = losses.astype(jnp.float32)
+    return jnp.mean(losses), (losses, aux)
+
+  grad_fn = jax.grad(mean_loss, has_aux=True)
+
+  def accumulated_grads(params, batch):
+    """Gradients of the batch mean, computed micro-batch by micro-batch."""
+    b = jax.tree.leaves(batch)[0].shape[0]
+    k = grad_accum_steps
+    if b % k:
+      raise ValueError(f"global batch {b} is not divisible by grad_accum_steps={k}.")
+    # Micro-batch j takes examples j, j+k, j+2k, ...: each device's contiguous block of the batch then
+    # contributes equally to every micro-batch, so the split needs no communication.
+    micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(b // k, k, *a.shape[1:]), 0, 1), batch)
+
+    def body(acc, mb):
+      g, (losses, aux) = grad_fn(params, mb)
+      return jax.tree.map(jnp.add, acc, g), (losses, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, aux) = jax.lax.scan(body, zeros, micro)
+    unsplit = lambda a: jnp.swapaxes(a, 0, 1).reshape(b, *a.shape[2:])
+    return jax.tree.map(lambda g: g / k, grads), (unsplit(losses), jax.tree.map(unsplit, aux))
+
+  def update(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(state.rng, state.step)
+    batch = objective.draw(rng, batch, state.extra)
+    if grad_accum_steps == 1:
+      grads, (losses, aux) = grad_fn(state.params, batch)
+    else:
+      grads, (losses, aux) = accumulated_grads(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    extra = objective.update_extra(state.extra, batch, losses, aux)
+    metrics = {
+        "loss": jnp.mean(losses),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "lr": lr_schedule(state.step) if lr_schedule is not None else jnp.float32(jnp.nan),
+    }
+    metrics.update({k: jnp.mean(v) for k, v in aux.items()})
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                              opt_state=opt_state, extra=extra)
+    return new_state, metrics
+
+  return update
+
+
+def jit_update_fn(update, state_shardings, batch_sharding, replicated):
+  """`jax.jit` of an update function with explicit shardings and the state donated (updated in place)."""
+  return jax.jit(update, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
