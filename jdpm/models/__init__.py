@@ -1,1 +1,17 @@
-"""jdpm.models."""
+"""Flax Linen denoisers and the model registry.
+
+``create(name, **kwargs)`` builds a model: "DiT-S/2" ... "DiT-XL/8", or "DiT" with explicit
+sizes. ``count_params`` and ``count_macs`` measure a model without allocating its weights.
+"""
+
+from jdpm.models import dit
+from jdpm.models import layers
+from jdpm.models.counting import count_macs, count_params
+from jdpm.models.dit import DiT
+from jdpm.models.registry import create, family_of, known_names, register, resolve
+
+register("DiT", DiT, dit.PRESETS,
+         defaults=dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True))
+
+__all__ = ["DiT", "count_macs", "count_params", "create", "dit", "family_of", "known_names",
+           "layers", "register", "resolve"]
