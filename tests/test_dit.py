@@ -311,3 +311,11 @@ def test_macs_scale_with_batch_and_count_attention():
   per_block = n * d * 3 * d + n * d * d + 2 * n * d * 4 * d + 2 * n * n * d + d * 6 * d
   rest = n * 2 * 2 * 4 * d + 256 * d + d * d + d * 2 * d + n * d * 32
   assert macs == depth * per_block + rest
+
+
+def test_remat_gives_the_same_output():
+  data, variables = golden("dit_tiny.npz")
+  model = jdpm.models.create("DiT", **TINY, remat=True)
+  x, t, y = nhwc(data["input/x"]), data["input/t"], data["input/y"]
+  out = jax.jit(model.apply)(variables, x, t, y)
+  np.testing.assert_allclose(out, jitted()(variables, x, t, y), atol=1e-6)

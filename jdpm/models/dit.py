@@ -41,15 +41,19 @@ class DiTBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, c):
-    """x: (B, N, D) tokens, c: (B, D) conditioning → (B, N, D)."""
+  def __call__(self, x, c, modulation=None):
+    """x: (B, N, D) tokens, c: (B, D) conditioning → (B, N, D).
+
+    ``modulation`` is an optional post-softmax attention modulation matrix broadcastable to
+    (B, H, N, N) (e.g. an Attention Modulation Matrix), passed to ``layers.Attention``.
+    """
     d = self.hidden_size
     mod = nn.Dense(6 * d, dtype=self.dtype, kernel_init=layers.zeros,
                    name="adaLN_modulation_1")(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(name="norm1")(x), shift_msa, scale_msa)
-    x = x + gate_msa[:, None] * layers.Attention(self.num_heads, dtype=self.dtype,
-                                                 name="attn")(h)
+    attn = layers.Attention(self.num_heads, dtype=self.dtype, name="attn")
+    x = x + gate_msa[:, None] * attn(h, modulation=modulation)
     h = layers.modulate(layers.layer_norm(name="norm2")(x), shift_mlp, scale_mlp)
     mlp = layers.Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")
     return x + gate_mlp[:, None] * mlp(h)
@@ -140,6 +144,7 @@ class DiT(nn.Module):
       (B, H, W, 2C) when learn_sigma else (B, H, W, C).
     """
     self._check_config()
+    t, y = jnp.asarray(t), jnp.asarray(y)
     check_input_shapes(x, t, y, input_size=self.input_size, in_channels=self.in_channels)
     d = self.hidden_size
     tokens = layers.PatchEmbed(self.patch_size, d, dtype=self.dtype, name="x_embedder")(x)
