@@ -1,0 +1,70 @@
+"""Learnable 2-D relative position bias for attention over a square token grid (BEiT/Swin style).
+
+Every pair of tokens (i, j) on an n×n grid has an offset (Δrow, Δcol) = (r_i − r_j, c_i − c_j) with
+each component in [−(n−1), n−1]. A table of (2n−1)² rows × H heads holds one learnable logit per
+offset and head; the bias added to the attention logits of head h is ``table[index[i, j], h]``.
+The row index is ``(Δrow + n − 1)·(2n − 1) + (Δcol + n − 1)``, the layout of the reference
+implementations, so official tables load unchanged. Used by EDT and MDTv2.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def relative_position_index(grid_size):
+  """Table row of every token pair on a ``grid_size × grid_size`` grid.
+
+  Args:
+    grid_size: n, the side of the token grid; tokens are in row-major order (index r·n + c).
+
+  Returns:
+    (n², n²) int32 numpy array with entries in [0, (2n−1)²).
+  """
+  if grid_size < 1:
+    raise ValueError(f"grid_size must be a positive integer, got {grid_size}.")
+  n = grid_size
+  rows, cols = np.divmod(np.arange(n * n), n)
+  d_row = rows[:, None] - rows[None, :] + n - 1  # In [0, 2n − 2].
+  d_col = cols[:, None] - cols[None, :] + n - 1
+  return (d_row * (2 * n - 1) + d_col).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """The (H, N, N) additive attention bias of an n×n token grid, N = n².
+
+  Attributes:
+    grid_size: n.
+    num_heads: H.
+    extra_rows: unused rows appended to the table (MDTv2's official table has 3, kept so its
+      checkpoints convert without reshaping); they never reach the output.
+
+  Parameter ``relative_position_bias_table``: ((2n−1)² + extra_rows, H), initialised N(0, 0.02²)
+  as the reference.
+  """
+  grid_size: int
+  num_heads: int
+  extra_rows: int = 0
+  dtype: Dtype = jnp.float32
+
+  @property
+  def num_offsets(self):
+    return (2 * self.grid_size - 1) ** 2
+
+  @nn.compact
+  def __call__(self):
+    """Returns the (num_heads, N, N) bias in ``dtype``."""
+    table = self.param("relative_position_bias_table", nn.initializers.normal(0.02),
+                       (self.num_offsets + self.extra_rows, self.num_heads), jnp.float32)
+    index = relative_position_index(self.grid_size)
+    bias = jnp.take(table, jnp.asarray(index.reshape(-1)), axis=0)  # (N·N, H)
+    n_tokens = self.grid_size**2
+    bias = bias.reshape(n_tokens, n_tokens, self.num_heads).transpose(2, 0, 1)
+    return bias.astype(self.dtype)
+
+
+__all__ = ["RelativePositionBias", "relative_position_index"]
