@@ -6,11 +6,12 @@ Class-conditional denoiser on NHWC latents. Submodule names follow the official 
 table is a constant of the model, not a parameter (as in the paper's parameter counts).
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jdpm.models import amm as amm_lib
 from jdpm.models import layers
 
 Dtype = Any
@@ -52,11 +53,14 @@ class DiTBlock(nn.Module):
                    name="adaLN_modulation_1")(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     h = layers.modulate(layers.layer_norm(name="norm1")(x), shift_msa, scale_msa)
-    attn = layers.Attention(self.num_heads, dtype=self.dtype, name="attn")
-    x = x + gate_msa[:, None] * attn(h, modulation=modulation)
+    x = x + gate_msa[:, None] * self.attention()(h, modulation=modulation)
     h = layers.modulate(layers.layer_norm(name="norm2")(x), shift_mlp, scale_mlp)
     mlp = layers.Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")
     return x + gate_mlp[:, None] * mlp(h)
+
+  def attention(self):
+    """The attention sub-module ``attn``; subclasses swap it (EDT adds a relative position bias)."""
+    return layers.Attention(self.num_heads, dtype=self.dtype, name="attn")
 
 
 class FinalLayer(nn.Module):
@@ -93,6 +97,8 @@ class DiT(nn.Module):
       instead of C.
     dtype: computation dtype (parameters stay float32).
     remat: rematerialise each block in the backward pass (saves activation memory).
+    amm_blocks: block indices that get EDT's Attention Modulation Matrix when called with
+      ``amm=True`` (no parameters; e.g. ``amm.DIT_XL_AMM_BLOCKS`` = (15, 17, 19, 22, 24)).
   """
   input_size: int = 32
   patch_size: int = 2
@@ -106,6 +112,7 @@ class DiT(nn.Module):
   learn_sigma: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
+  amm_blocks: Sequence[int] = ()
 
   @property
   def out_channels(self):
@@ -129,7 +136,7 @@ class DiT(nn.Module):
                        f"num_heads={self.num_heads}.")
 
   @nn.compact
-  def __call__(self, x, t, y, train=False, force_drop_ids=None):
+  def __call__(self, x, t, y, train=False, force_drop_ids=None, amm=False):
     """Predicts ε (and the variance interpolation when ``learn_sigma``).
 
     Args:
@@ -139,11 +146,17 @@ class DiT(nn.Module):
       train: enables label dropout (needs ``rngs={"dropout": key}`` when
         class_dropout_prob > 0).
       force_drop_ids: optional (B,) ints; 1 replaces the label by the null class.
+      amm: multiply the post-softmax attention of the ``amm_blocks`` by the Attention Modulation
+        Matrix (``jdpm.models.amm``); a sampling-time switch, off by default.
 
     Returns:
       (B, H, W, 2C) when learn_sigma else (B, H, W, C).
     """
     self._check_config()
+    amm_blocks = amm_lib.check_amm_blocks(self.amm_blocks, self.depth, "this DiT")
+    if amm and not amm_blocks:
+      raise ValueError("amm=True but this DiT has no amm_blocks: create it with e.g. "
+                       "amm_blocks=jdpm.models.amm.DIT_XL_AMM_BLOCKS.")
     t, y = jnp.asarray(t), jnp.asarray(y)
     check_input_shapes(x, t, y, input_size=self.input_size, in_channels=self.in_channels)
     d = self.hidden_size
@@ -155,13 +168,14 @@ class DiT(nn.Module):
     c = t_emb + y_emb
     block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(self.depth):
+      modulation = amm_lib.modulation_matrix(self.grid_size) if amm and i in amm_blocks else None
       tokens = block_cls(d, self.num_heads, self.mlp_ratio, dtype=self.dtype,
-                         name=f"blocks_{i}")(tokens, c)
+                         name=f"blocks_{i}")(tokens, c, modulation)
     tokens = FinalLayer(d, self.patch_size, self.out_channels, dtype=self.dtype,
                         name="final_layer")(tokens, c)
     return layers.unpatchify(tokens, self.patch_size, self.out_channels)
 
-  def forward_with_cfg(self, x, t, y, cfg_scale, guided_channels=3):
+  def forward_with_cfg(self, x, t, y, cfg_scale, guided_channels=3, amm=False):
     """Classifier-free guided forward on a GLIDE-style doubled batch (official convention).
 
     Only the first half of ``x`` is read; it is duplicated and run with the full ``t`` and ``y``
@@ -173,6 +187,7 @@ class DiT(nn.Module):
       y: (2B,) labels, typically [y, null, ..., null].
       cfg_scale: guidance scale.
       guided_channels: number of leading output channels to guide (official: 3).
+      amm: as in ``__call__``.
 
     Returns:
       (2B, H, W, out_channels), both halves carrying the guided channels.
@@ -182,7 +197,7 @@ class DiT(nn.Module):
     if x.shape[0] % 2:
       raise ValueError(f"forward_with_cfg needs an even batch, got x of shape {tuple(x.shape)}.")
     half = x[: x.shape[0] // 2]
-    model_out = self(jnp.concatenate([half, half], axis=0), t, y)
+    model_out = self(jnp.concatenate([half, half], axis=0), t, y, amm=amm)
     return layers.glide_guidance(model_out, cfg_scale, guided_channels)
 
 
