@@ -7,13 +7,28 @@ The row index is ``(Δrow + n − 1)·(2n − 1) + (Δcol + n − 1)``, the layo
 implementations, so official tables load unchanged. Used by EDT and MDTv2.
 """
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jdpm.models import layers
+
 Dtype = Any
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_index(grid_size):
+  n = grid_size
+  rows, cols = np.divmod(np.arange(n * n), n)
+  d_row = rows[:, None] - rows[None, :] + n - 1  # In [0, 2n − 2].
+  d_col = cols[:, None] - cols[None, :] + n - 1
+  index = (d_row * (2 * n - 1) + d_col).astype(np.int32)
+  index.setflags(write=False)
+  return index
 
 
 def relative_position_index(grid_size):
@@ -23,15 +38,11 @@ def relative_position_index(grid_size):
     grid_size: n, the side of the token grid; tokens are in row-major order (index r·n + c).
 
   Returns:
-    (n², n²) int32 numpy array with entries in [0, (2n−1)²).
+    A read-only (n², n²) int32 numpy array with entries in [0, (2n−1)²).
   """
   if grid_size < 1:
     raise ValueError(f"grid_size must be a positive integer, got {grid_size}.")
-  n = grid_size
-  rows, cols = np.divmod(np.arange(n * n), n)
-  d_row = rows[:, None] - rows[None, :] + n - 1  # In [0, 2n − 2].
-  d_col = cols[:, None] - cols[None, :] + n - 1
-  return (d_row * (2 * n - 1) + d_col).astype(np.int32)
+  return _cached_index(int(grid_size))
 
 
 class RelativePositionBias(nn.Module):
@@ -67,4 +78,32 @@ class RelativePositionBias(nn.Module):
     return bias.astype(self.dtype)
 
 
-__all__ = ["RelativePositionBias", "relative_position_index"]
+class RelativePositionAttention(layers.Attention):
+  """``layers.Attention`` with a learnable relative position bias over a square token grid.
+
+  Parameters: ``qkv``, ``proj`` (as ``layers.Attention``) and ``rel_pos_bias`` (a
+  ``RelativePositionBias``), the layout of the official EDT/MDTv2 attention modules.
+
+  Attributes (besides ``num_heads``, ``qkv_bias``, ``dtype``):
+    extra_rows: unused rows of the bias table (see ``RelativePositionBias``).
+  """
+  extra_rows: int = 0
+
+  @nn.compact
+  def __call__(self, x, bias=None, modulation=None):
+    """x: (B, N, D) with N = n² tokens of an n×n grid in row-major order → (B, N, D).
+
+    ``bias`` (optional) is added to the relative position bias; ``modulation`` is a post-softmax
+    multiplicative matrix (see ``layers.Attention``).
+    """
+    grid_size = math.isqrt(x.shape[1])
+    if grid_size * grid_size != x.shape[1]:
+      raise ValueError(f"Relative position attention needs a square token grid, got "
+                       f"{x.shape[1]} tokens.")
+    rel_bias = RelativePositionBias(grid_size, self.num_heads, self.extra_rows, dtype=self.dtype,
+                                    name="rel_pos_bias")()
+    bias = rel_bias if bias is None else rel_bias + bias
+    return super().__call__(x, bias, modulation)
+
+
+__all__ = ["RelativePositionAttention", "RelativePositionBias", "relative_position_index"]
