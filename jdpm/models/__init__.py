@@ -4,17 +4,22 @@
 sizes. ``count_params`` and ``count_macs`` measure a model without allocating its weights.
 """
 
+from jdpm.models import amm
 from jdpm.models import dit
+from jdpm.models import edt
 from jdpm.models import layers
 from jdpm.models import mdt
 from jdpm.models.counting import count_macs, count_params
 from jdpm.models.dit import DiT
+from jdpm.models.edt import EDT
 from jdpm.models.mdt import MDTv2
 from jdpm.models.registry import create, family_of, known_names, register, resolve
 
 register("DiT", DiT, dit.PRESETS,
          defaults=dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True))
+register("EDT", EDT, edt.PRESETS,
+         defaults=dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True))
 register("MDTv2", MDTv2, mdt.PRESETS, defaults=mdt.DEFAULTS)
 
-__all__ = ["DiT", "MDTv2", "count_macs", "count_params", "create", "dit", "family_of", "known_names",
-           "layers", "mdt", "register", "resolve"]
+__all__ = ["DiT", "EDT", "MDTv2", "amm", "count_macs", "count_params", "create", "dit", "edt",
+           "family_of", "known_names", "layers", "mdt", "register", "resolve"]
