@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jdpm import models
 from jdpm.convert import dit
 from jdpm.convert import edt
+from jdpm.convert import mdt
 from jdpm.convert.mapping import map_state_dict, to_flax_layout, torch_key_to_path
 from jdpm.convert.state_dict import load_state_dict
 from jdpm.convert.torch_pickle import load_torch_checkpoint
@@ -56,6 +57,7 @@ def from_official(state_dict_or_path, name, **kwargs):
 
 register_converter("DiT", dit.convert_dit)
 register_converter("EDT", edt.convert_edt)
+register_converter("MDTv2", mdt.convert_mdt)
 
 __all__ = ["from_official", "load_state_dict", "load_torch_checkpoint", "map_state_dict",
            "register_converter", "to_flax_layout", "torch_key_to_path"]
