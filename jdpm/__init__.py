@@ -10,13 +10,14 @@ Subpackages are imported on first attribute access so that ``import jdpm`` stays
 - ``jdpm.data``       TFDS builders and Grain pipelines
 - ``jdpm.parallel``   device mesh and sharding rules
 - ``jdpm.eval``       evaluation metrics
+- ``jdpm.generate``   class-conditional sampling from a Flax denoiser, image grids
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("diffusion", "samplers", "models", "convert", "training", "data", "parallel", "eval")
+_SUBPACKAGES = ("diffusion", "samplers", "models", "convert", "training", "data", "parallel", "eval", "generate")
 
 
 def __getattr__(name):

@@ -5,12 +5,18 @@ The device count must be fixed before JAX touches a backend, hence here and at i
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Several tests compile the same programs (a training step per run of the trainer); a per-session
+# persistent cache turns the repeats into cache hits.
+_CACHE_DIR = tempfile.mkdtemp(prefix="jdpm-test-xla-cache-")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import pytest  # noqa: E402
 
