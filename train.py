@@ -12,6 +12,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dit.py:tiny.", lock_config=True)
@@ -26,7 +27,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  # Orbax logs every file it writes at INFO; keep the console to jdpm's own messages and warnings.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("jdpm").setLevel(logging.INFO)
   from jdpm import generate, parallel
   from jdpm.training import trainer
 

@@ -13,6 +13,7 @@ current step, saves, and exits cleanly.
 """
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -35,9 +36,22 @@ from jdpm.training import objectives, optimizers, preemption, schedules
 from jdpm.training.state import TrainState, create_train_state
 from jdpm.training.step import jit_update_fn, make_update_fn
 
+log = logging.getLogger("jdpm.train")
+
 
 class ConfigError(ValueError):
   """A config that cannot work; the message says which field and what to do."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of a spec "path/to/config.py:arg" (as train.py's --config), e.g. "configs/edt.py:S"."""
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f"config file {path!r} not found (expected e.g. configs/dit.py:tiny).")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def model_kwargs(config) -> dict:
@@ -175,12 +189,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
   restored = ckpt.restore(trainer.abstract_state, data_iter)
   if restored is None:
     state, start = trainer.init_state(), 0
-    logging.info("starting a new run in %s", workdir)
+    log.info("starting a new run in %s", workdir)
   else:
     state, start = restored
-    logging.info("resumed from step %d in %s", start, workdir)
+    log.info("resumed from step %d in %s", start, workdir)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  logging.info("model %s: %.2f M parameters; %d devices, global batch %d", config.model.name, n_params / 1e6,
+  log.info("model %s: %.2f M parameters; %d devices, global batch %d", config.model.name, n_params / 1e6,
                jax.device_count(), config.batch_size)
 
   writer = metrics_lib.MetricsWriter(workdir)
@@ -209,7 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
       if sample_fn is not None and config.sample_every and step % config.sample_every == 0:
         sample_fn(trainer, state, step, workdir / "samples" / f"{step:08d}.png")
       if guard.should_stop_all():
-        logging.warning("stop requested (signal); saving step %d and exiting", step)
+        log.warning("stop requested (signal); saving step %d and exiting", step)
         break
     if pending is not None:
       _log(writer, bar, *pending)

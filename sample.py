@@ -1,0 +1,131 @@
+"""Draw class-conditional samples from a trained run or from converted official weights.
+
+  python sample.py --workdir=runs/tiny --out=runs/tiny/samples.png
+  python sample.py --workdir=runs/tiny --sampler=unipc --steps=10 --order=3 --cfg-scale=1.5 \
+      --guidance-window=0,0.4
+  python sample.py --weights=DiT-XL-2-256x256.pt --model=DiT-XL/2 --num-samples=16 --out=dit.png
+
+Writes a PNG grid (one column per class) and an .npz beside it with the raw samples and their labels.
+The batch is sharded over all devices.
+"""
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  src = p.add_argument_group("what to sample from (a workdir, or official weights)")
+  src.add_argument("--workdir", help="a train.py work directory (uses its config and newest checkpoint)")
+  src.add_argument("--config", help="config spec such as configs/dit.py:tiny (default: the workdir's)")
+  src.add_argument("--weights", help="official PyTorch weights (.pt/.safetensors/.npz) instead of a workdir")
+  src.add_argument("--model", help="model name for --weights, e.g. DiT-XL/2")
+  src.add_argument("--num-classes", type=int, default=1000, help="classes of the --weights model")
+  src.add_argument("--step", type=int, help="checkpoint step (default: the newest good one)")
+  src.add_argument("--raw-params", action="store_true", help="use the raw parameters, not the EMA")
+  s = p.add_argument_group("sampling")
+  s.add_argument("--sampler", default=None, help="unipc | dpm_solver++ | dpm_solver | ddim | ddpm")
+  s.add_argument("--steps", type=int, default=None, help="model evaluations (ddpm: respaced steps)")
+  s.add_argument("--order", type=int, default=None, help="solver order")
+  s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+  s.add_argument("--cfg-channels", type=int, default=None, help="guide only the first k channels (-1 all)")
+  s.add_argument("--guidance-window", default=None,
+                 help="lo,hi: guide only this fraction of the steps, e.g. 0,0.4 (T2I acceleration)")
+  s.add_argument("--amm", action="store_true", help="turn on the Attention Modulation Matrix")
+  s.add_argument("--num-samples", type=int, default=None, help="number of samples (multiple of devices)")
+  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--out", default=None, help="output PNG (default: WORKDIR/samples/sample.png)")
+  args = p.parse_args(argv)
+  if bool(args.workdir) == bool(args.weights):
+    p.error("give exactly one of --workdir or --weights")
+  if args.weights and not args.model:
+    p.error("--weights needs --model, e.g. --model=DiT-XL/2")
+  if args.guidance_window:
+    try:
+      lo, hi = (float(v) for v in args.guidance_window.split(","))
+    except ValueError:
+      p.error(f"--guidance-window must be two numbers lo,hi; got {args.guidance_window!r}")
+    args.guidance_window = (lo, hi)
+  return args
+
+
+def load_run(args):
+  """(config, model, variables) from a workdir's config and checkpoint."""
+  import ml_collections
+  from jdpm import data as data_lib
+  from jdpm.training import checkpoint as checkpoint_lib
+  from jdpm.training import trainer as trainer_lib
+
+  workdir = pathlib.Path(args.workdir)
+  if args.config:
+    config = trainer_lib.load_config(args.config)
+  elif (workdir / "config.json").exists():
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  else:
+    sys.exit(f"sample.py: {workdir} has no config.json; is it a train.py workdir? Pass --config if so.")
+  info = data_lib.dataset_info(config.data.name, data_dir=config.data.data_dir or None)
+  trainer = trainer_lib.Trainer.from_config(config, info)
+  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  restored = ckpt.restore(trainer.abstract_state, step=args.step)
+  ckpt.close()
+  if restored is None:
+    sys.exit(f"sample.py: no checkpoint in {workdir / 'checkpoints'}; train first with train.py.")
+  state, step = restored
+  logging.info("loaded step %d from %s", step, workdir)
+  params = state.params if args.raw_params else state.ema_params
+  return config, trainer.model, {"params": params}
+
+
+def load_weights(args):
+  """(config, model, variables) for converted official weights."""
+  import jdpm
+  sys.path.insert(0, str(HERE))
+  from configs import dit as dit_config
+  config = dit_config.base_config()
+  config.model.name = args.model
+  config.model.num_classes = args.num_classes
+  model = jdpm.models.create(args.model, num_classes=args.num_classes)
+  variables = jdpm.convert.from_official(args.weights, args.model, num_classes=args.num_classes)
+  return config, model, variables
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  import jax
+  import numpy as np
+  from jdpm import generate
+
+  config, model, variables = load_run(args) if args.workdir else load_weights(args)
+  s = config.sample
+  num_samples = args.num_samples or s.num_samples
+  labels = generate.class_grid_labels(num_samples, model.num_classes)
+  options = dict(
+      sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
+      order=args.order if args.order is not None else s.get("order"),
+      cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale,
+      cfg_channels=args.cfg_channels if args.cfg_channels is not None else s.get("cfg_channels"),
+      guidance_window=args.guidance_window, amm=args.amm or s.get("amm", False))
+  t0 = time.time()
+  images = generate.sample_images(model, variables, labels, jax.random.key(args.seed),
+                                  learn_sigma=config.model.get("learn_sigma", True),
+                                  num_timesteps=config.diffusion.num_timesteps,
+                                  beta_schedule=config.diffusion.beta_schedule, **options)
+  images = generate.host_array(images)
+  elapsed = time.time() - t0
+  out = pathlib.Path(args.out or pathlib.Path(args.workdir or ".") / "samples" / "sample.png")
+  if jax.process_index() == 0:
+    generate.save_grid(images, out, ncol=min(model.num_classes, num_samples))
+    np.savez(out.with_suffix(".npz"), samples=images, labels=labels, uint8=generate.to_uint8(images))
+    print(f"wrote {out} and {out.with_suffix('.npz')}: {num_samples} samples, {options}, "
+          f"{elapsed:.1f} s including compilation")
+
+
+if __name__ == "__main__":
+  main()
