@@ -210,6 +210,14 @@ class EDT(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
 
+  def __post_init__(self):
+    # Sequences from configs may be lists; tuples keep the module hashable and comparable.
+    for name in ("num_heads", "stages_depth", "dims", "amm_blocks"):
+      value = getattr(self, name)
+      if value is not None and not isinstance(value, tuple):
+        object.__setattr__(self, name, tuple(value))
+    super().__post_init__()
+
   # ------------------------------------------------------------------------------------------
   # Geometry.
   # ------------------------------------------------------------------------------------------
