@@ -1,0 +1,61 @@
+"""Shared pieces of the benchmarks: timing, the matmul peak, machine description, BENCHMARKS.md output."""
+
+import datetime
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def time_fn(fn, *args, warmup=1, min_time=3.0, min_iters=3):
+  """Median-free simple timing: seconds per call of a jitted `fn`, after `warmup` calls.
+
+  Runs at least `min_iters` calls and at least `min_time` seconds, blocking on the result each call.
+  """
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  n, start = 0, time.perf_counter()
+  while n < min_iters or time.perf_counter() - start < min_time:
+    jax.block_until_ready(fn(*args))
+    n += 1
+  return (time.perf_counter() - start) / n
+
+
+def matmul_peak_flops(dtype=jnp.float32, size=2048):
+  """FLOP/s of a large square matmul in `dtype`: the practical peak of this device for that dtype."""
+  a = jnp.ones((size, size), dtype)
+  f = jax.jit(lambda a: a @ a)
+  seconds = time_fn(f, a, min_time=2.0)
+  return 2 * size**3 / seconds
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", dev.platform)
+  return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+          f"{jax.device_count()}x {dev.platform} ({kind}), jax {jax.__version__}")
+
+
+def command() -> str:
+  return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+def record(title: str, body: str) -> None:
+  """Prints a section and appends it to BENCHMARKS.md with the date, machine and command."""
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  section = (f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}\n- command: `{command()}`\n\n"
+             f"{body.strip()}\n")
+  print(section)
+  path = ROOT / "BENCHMARKS.md"
+  if not path.exists():
+    path.write_text("# jdpm benchmarks\n\nEvery section is appended by a script in `bench/`; compare ratios "
+                    "within one section (absolute times drift between runs on shared machines).\n")
+  with path.open("a") as f:
+    f.write(section)

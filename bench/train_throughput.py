@@ -1,0 +1,92 @@
+"""Training and inference throughput of a denoiser, and its model FLOP utilisation (MFU).
+
+  python bench/train_throughput.py                                   # DiT-S/2, batch 8 and 32, fp32
+  python bench/train_throughput.py --model=DiT-XL/2 --batch=64 --dtype=bfloat16   # on a GPU / TPU
+
+Model FLOPs per image: 2 x the forward multiply-accumulates (from `jdpm.models.count_macs`, the papers'
+convention: matmuls and convolutions, attention included); a training step costs 3 forwards (forward +
+backward). MFU = achieved model FLOP/s / peak FLOP/s, with the peak measured in the same run by a large
+matmul in the same dtype. The training step is jdpm's real one (diffusion loss with learned sigma, AdamW,
+EMA), on 32x32x4 latents as in the papers.
+"""
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+import jdpm  # noqa: E402
+from bench import common  # noqa: E402
+from jdpm import diffusion, parallel  # noqa: E402
+from jdpm.training.objectives import DenoisingObjective  # noqa: E402
+from jdpm.training.state import create_train_state  # noqa: E402
+from jdpm.training.step import jit_update_fn, make_update_fn  # noqa: E402
+
+
+def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_kwargs):
+  """(train img/s, inference img/s, forward GMACs per image) for one model and batch size."""
+  model = jdpm.models.create(model_name, **model_kwargs)
+  macs = jdpm.models.count_macs(model)
+  mesh = parallel.make_mesh()
+  shape = (batch, model.input_size, model.input_size, model.in_channels)
+  rng = jax.random.key(0)
+  x = jax.random.normal(rng, shape)
+  y = jnp.arange(batch) % model.num_classes
+  t = jnp.arange(batch) * 7 % 1000
+  variables = jax.jit(model.init)(rng, x, t, y)
+  compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else None
+
+  forward = jax.jit(lambda v, x: model.apply(jdpm.training.step.cast_floats(v, compute_dtype),
+                                             x.astype(compute_dtype or x.dtype), t, y))
+  infer_s = common.time_fn(forward, variables, x, min_time=min_time)
+
+  objective = (objective_factory or DenoisingObjective)(model=model, diffusion=diffusion.create_diffusion(""))
+  optimizer = optax.adamw(1e-4)
+  state = create_train_state(variables["params"], optimizer, rng, extra=objective.init_extra())
+  shardings = jax.tree.map(lambda a: parallel.param_sharding(a.shape, mesh), state)
+  update = jit_update_fn(make_update_fn(objective, optimizer, compute_dtype=compute_dtype), shardings,
+                         parallel.batch_sharding(mesh), parallel.replicated(mesh))
+  data = {"image": np.asarray(x), "label": np.asarray(y, np.int32)}
+  holder = {"state": jax.device_put(state, shardings)}
+
+  def train_step(batch):
+    holder["state"], metrics = update(holder["state"], batch)
+    return metrics
+
+  train_s = common.time_fn(train_step, data, min_time=min_time)
+  return batch / train_s, batch / infer_s, macs / 1e9
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="DiT-S/2")
+  p.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--min-time", type=float, default=10.0, help="seconds of timing per measurement")
+  p.add_argument("--no-record", action="store_true", help="print only, do not append to BENCHMARKS.md")
+  args = p.parse_args()
+
+  peak = common.matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+  rows = ["| model | batch | dtype | train img/s | train MFU | inference img/s | inference MFU |",
+          "|---|---|---|---|---|---|---|"]
+  for b in args.batch:
+    train_ips, infer_ips, gmacs = measure(args.model, b, args.dtype, args.min_time)
+    train_mfu = train_ips * 3 * 2 * gmacs * 1e9 / peak
+    infer_mfu = infer_ips * 2 * gmacs * 1e9 / peak
+    rows.append(f"| {args.model} | {b} | {args.dtype} | {train_ips:.2f} | {train_mfu:.1%} | {infer_ips:.2f} | "
+                f"{infer_mfu:.1%} |")
+  body = (f"Peak ({args.dtype} {2048}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
+          f"Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
+  if args.no_record:
+    print(body)
+  else:
+    common.record(f"Training throughput and MFU: {args.model}", body)
+
+
+if __name__ == "__main__":
+  main()
