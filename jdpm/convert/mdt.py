@@ -1,7 +1,8 @@
-"""Official MDTv2 (sail-sg/MDT ``masked_diffusion/models.py``) state dict → jdpm ``MDTv2`` variables.
+"""Official MDTv2 (sail-sg/MDT ``masked_diffusion/models.py``) state dict → jdpm variables.
 
-Every learnable tensor maps by name (``en_inblocks.0.attn.rel_pos_bias.relative_position_bias_table``
-→ ``en_inblocks_0/attn/rel_pos_bias/relative_position_bias_table``; ``pos_embed``,
+Every learnable tensor maps by name
+(``en_inblocks.0.attn.rel_pos_bias.relative_position_bias_table`` →
+``en_inblocks_0/attn/rel_pos_bias/relative_position_bias_table``; ``pos_embed``,
 ``decoder_pos_embed`` and ``mask_token`` are parameters in both). The integer
 ``relative_position_index`` buffers are derived from the grid in jdpm: when present they are
 checked and dropped.

@@ -26,10 +26,9 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jdpm.models import amm as amm_lib
 from jdpm.models import layers
 from jdpm.models.dit import FinalLayer, check_input_shapes
 from jdpm.models.relative_position import RelativePositionBias
@@ -213,11 +212,6 @@ class MDTv2(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
 
-  def __post_init__(self):
-    # A hashable, canonical block list whatever sequence the caller passed.
-    object.__setattr__(self, "amm_blocks", tuple(int(i) for i in self.amm_blocks))
-    super().__post_init__()
-
   @property
   def out_channels(self):
     return 2 * self.in_channels if self.learn_sigma else self.in_channels
@@ -248,6 +242,7 @@ class MDTv2(nn.Module):
     return max(1, int(self.num_tokens * (1 - self.mask_ratio)))
 
   def _check_config(self):
+    """Raises ValueError on an inconsistent configuration; returns the checked amm_blocks."""
     if self.input_size % self.patch_size:
       raise ValueError(f"input_size={self.input_size} is not a multiple of "
                        f"patch_size={self.patch_size}.")
@@ -258,17 +253,13 @@ class MDTv2(nn.Module):
       raise ValueError(f"decode_layer={self.decode_layer} must be in [0, depth={self.depth}].")
     if self.mask_ratio is not None and not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(f"mask_ratio must be in [0, 1) or None, got {self.mask_ratio}.")
-    bad = [i for i in self.amm_blocks if not 0 <= i < self.num_blocks]
-    if bad:
-      raise ValueError(f"amm_blocks {bad} are out of range: this model has {self.num_blocks} "
-                       f"blocks (indices 0..{self.num_blocks - 1}).")
+    return amm_lib.check_amm_blocks(self.amm_blocks, self.num_blocks, "this MDTv2")
 
-  def _modulation(self, amm, index):
-    """The AMM of block ``index`` when ``amm`` is on and the block is listed, else None."""
-    if not amm or index not in self.amm_blocks:
+  def _modulation(self, amm_blocks, index):
+    """The AMM of block ``index`` if it is in ``amm_blocks`` (those switched on), else None."""
+    if index not in amm_blocks:
       return None
-    from jdpm.models import amm as amm_lib  # pylint: disable=import-outside-toplevel
-    return jnp.asarray(amm_lib.modulation_matrix(self.grid_size), jnp.float32)
+    return amm_lib.modulation_matrix(self.grid_size)
 
   @nn.compact
   def __call__(self, x, t, y, train=False, force_drop_ids=None, amm=False, mask=None,
@@ -289,13 +280,17 @@ class MDTv2(nn.Module):
         The encoder sees only the kept tokens; the side-interpolater fills the dropped ones.
       keep_slots: static number K of kept-token slots in the masked pass (default:
         ``floor(N · (1 − mask_ratio))``). The encoder runs on (B, K) tokens: kept tokens
-        first, slots beyond a row's kept count hold dropped tokens that no kept token attends
+        first, slots beyond a row's kept count hold dropped tokens that no token attends
         to. At most K tokens per row are kept; a surplus counts as dropped.
 
     Returns:
       (B, H, W, 2C) when learn_sigma else (B, H, W, C).
     """
-    self._check_config()
+    configured_amm_blocks = self._check_config()
+    amm_blocks = configured_amm_blocks if amm else ()
+    if amm and not amm_blocks:
+      raise ValueError("amm=True but this MDTv2 has no amm_blocks: create it with e.g. "
+                       "amm_blocks=jdpm.models.amm.MDTV2_S_AMM_BLOCKS.")
     t, y = jnp.asarray(t), jnp.asarray(y)
     check_input_shapes(x, t, y, input_size=self.input_size, in_channels=self.in_channels)
     d, n, grid = self.hidden_size, self.num_tokens, self.grid_size
@@ -333,11 +328,11 @@ class MDTv2(nn.Module):
     skips = []
     for i in range(self.half_depth):
       h = make(f"en_inblocks_{i}", False)(h, c, None, ids_keep, slot_valid,
-                                          self._modulation(amm, i))
+                                          self._modulation(amm_blocks, i))
       skips.append(h)
     for i in range(self.half_depth):
       h = make(f"en_outblocks_{i}", True)(h, c, skips.pop(), ids_keep, slot_valid,
-                                          self._modulation(amm, self.half_depth + i))
+                                          self._modulation(amm_blocks, self.half_depth + i))
 
     side_blocks = [make("sideblocks_0", False)]
     if mask is not None:
@@ -351,7 +346,7 @@ class MDTv2(nn.Module):
 
     for i in range(self.decode_layer):
       h = make(f"de_blocks_{i}", True)(h, c, tokens, None, None,
-                                       self._modulation(amm, 2 * self.half_depth + i))
+                                       self._modulation(amm_blocks, 2 * self.half_depth + i))
     h = FinalLayer(d, self.patch_size, self.out_channels, dtype=self.dtype,
                    name="final_layer")(h, c)
     return layers.unpatchify(h, self.patch_size, self.out_channels)
@@ -426,7 +421,7 @@ class MDTv2(nn.Module):
 # placement of the EDT authors' MDTv2-S (400k steps) AMM model.
 PRESETS = {
     "MDTv2-S/2": dict(hidden_size=384, depth=12, num_heads=6, patch_size=2, decode_layer=6,
-                      amm_blocks=(8,)),
+                      amm_blocks=amm_lib.MDTV2_S_AMM_BLOCKS),
     "MDTv2-B/2": dict(hidden_size=768, depth=12, num_heads=12, patch_size=2, decode_layer=4),
     "MDTv2-L/2": dict(hidden_size=1024, depth=24, num_heads=16, patch_size=2, decode_layer=4),
     "MDTv2-XL/2": dict(hidden_size=1152, depth=28, num_heads=16, patch_size=2, decode_layer=4),
