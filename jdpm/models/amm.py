@@ -33,39 +33,45 @@ def cutoff_distance(grid_size):
   return float(np.sqrt((grid_size - 1) ** 2 + 4))
 
 
-def _modulation_values(squared_distance, grid_size):
-  """½·exp(cos(f·d)) in float32, the reference's order of operations, for integer d²."""
-  distance = np.sqrt(np.asarray(squared_distance, np.float32))
-  f = np.float32(2 * np.pi / (4 * (grid_size - 1) * np.sqrt(2)))
-  return np.exp(np.cos(f * distance)) / np.float32(2)
+def _matrix(grid_size, xp):
+  """The matrix computed with the array module ``xp`` (numpy or jax.numpy), in float32."""
+  token = xp.arange(grid_size * grid_size)
+  rows, cols = token // grid_size, token % grid_size
+  squared = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
+  distance = xp.sqrt(squared.astype(xp.float32))
+  f = xp.float32(2 * np.pi / (4 * (grid_size - 1) * np.sqrt(2)))
+  values = xp.exp(xp.cos(f * distance)) / xp.float32(2)  # The reference's float32 operations.
+  # The reference zeroes values below the value at distance R; M decreases with d, so that is
+  # d > R. Comparing integer squared distances makes the cut exact.
+  return xp.where(squared > (grid_size - 1) ** 2 + 4, xp.float32(0), values).astype(xp.float32)
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_modulation_matrix(grid_size):
-  rows, cols = np.divmod(np.arange(grid_size * grid_size), grid_size)
-  squared = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
-  matrix = _modulation_values(squared, grid_size)
-  # The reference zeroes values below the value at distance R; M decreases with d, so that is
-  # d > R. Comparing integer squared distances makes the cut exact.
-  matrix = np.where(squared > (grid_size - 1) ** 2 + 4, np.float32(0), matrix).astype(np.float32)
+def _cached_numpy_matrix(grid_size):
+  matrix = _matrix(grid_size, np)
   matrix.setflags(write=False)
   return matrix
 
 
-def modulation_matrix(grid_size):
+def modulation_matrix(grid_size, xp=np):
   """The (N, N) float32 Attention Modulation Matrix of an n×n token grid, N = n².
 
   Args:
     grid_size: n ≥ 2; tokens are in row-major order (index r·n + c).
+    xp: ``numpy`` (default) for a cached, read-only numpy array, or ``jax.numpy`` to compute it
+      inside a traced function (models do this: a small program instead of an N×N constant).
 
   Returns:
-    A read-only (n², n²) float32 numpy array, symmetric, e/2 on the diagonal, zero for pairs
-    farther apart than ``cutoff_distance(n)``. Equal to the official ``modulation_matrix(n, 3n)``.
+    (n², n²) float32, symmetric, e/2 on the diagonal, zero for pairs farther apart than
+    ``cutoff_distance(n)``. Equal to the official ``modulation_matrix(n, 3n)`` up to float32
+    rounding of cos/exp (≤ 1.2e-7), with the same zeros.
   """
   if not isinstance(grid_size, (int, np.integer)) or grid_size < 2:
     raise ValueError(f"The Attention Modulation Matrix needs a token grid of side >= 2, got "
                      f"grid_size={grid_size!r}.")
-  return _cached_modulation_matrix(int(grid_size))
+  if xp is np:
+    return _cached_numpy_matrix(int(grid_size))
+  return _matrix(int(grid_size), xp)
 
 
 def check_amm_blocks(amm_blocks, depth, model_name="the model"):

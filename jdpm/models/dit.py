@@ -168,7 +168,8 @@ class DiT(nn.Module):
     c = t_emb + y_emb
     block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(self.depth):
-      modulation = amm_lib.modulation_matrix(self.grid_size) if amm and i in amm_blocks else None
+      modulation = (amm_lib.modulation_matrix(self.grid_size, xp=jnp) if amm and i in amm_blocks
+                    else None)
       tokens = block_cls(d, self.num_heads, self.mlp_ratio, dtype=self.dtype,
                          name=f"blocks_{i}")(tokens, c, modulation)
     tokens = FinalLayer(d, self.patch_size, self.out_channels, dtype=self.dtype,

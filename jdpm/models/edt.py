@@ -358,7 +358,7 @@ class EDT(nn.Module):
           tokens = jnp.where(keep, tokens, pos_embed)
         modulation = None
         if amm and block in amm_blocks:
-          modulation = amm_lib.modulation_matrix(grid_side(tokens))
+          modulation = amm_lib.modulation_matrix(grid_side(tokens), xp=jnp)
         tokens = block_cls(width, heads, self.mlp_ratio, dtype=self.dtype,
                            name=f"blocks_{block}")(tokens, c, modulation)
         block += 1

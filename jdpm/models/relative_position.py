@@ -71,9 +71,15 @@ class RelativePositionBias(nn.Module):
     """Returns the (num_heads, N, N) bias in ``dtype``."""
     table = self.param("relative_position_bias_table", nn.initializers.normal(0.02),
                        (self.num_offsets + self.extra_rows, self.num_heads), jnp.float32)
-    index = relative_position_index(self.grid_size)
-    bias = jnp.take(table, jnp.asarray(index.reshape(-1)), axis=0)  # (N·N, H)
-    n_tokens = self.grid_size**2
+    # bias[(r_i, c_i), (r_j, c_j)] = table[(r_i − r_j + n − 1)·(2n − 1) + (c_i − c_j + n − 1)]:
+    # index the (2n−1, 2n−1) offset grid by two small (n, n) offset tables instead of an
+    # (N, N) index array, which would be a large constant in the compiled program.
+    n = self.grid_size
+    offsets = table[: self.num_offsets].reshape(2 * n - 1, 2 * n - 1, self.num_heads)
+    coords = np.arange(n)
+    shift = jnp.asarray(coords[:, None] - coords[None, :] + n - 1)  # (n, n): [i, j] → i − j + n − 1.
+    bias = offsets[shift[:, None, :, None], shift[None, :, None, :]]  # (n, n, n, n, H)
+    n_tokens = n * n
     bias = bias.reshape(n_tokens, n_tokens, self.num_heads).transpose(2, 0, 1)
     return bias.astype(self.dtype)
 
