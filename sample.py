@@ -111,7 +111,8 @@ def main(argv=None):
       order=args.order if args.order is not None else s.get("order"),
       cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale,
       cfg_channels=args.cfg_channels if args.cfg_channels is not None else s.get("cfg_channels"),
-      guidance_window=args.guidance_window, amm=args.amm or s.get("amm", False))
+      guidance_window=args.guidance_window, amm=args.amm or s.get("amm", False),
+      cfg_scale_pow=generate.guidance_power(s))
   t0 = time.time()
   images = generate.sample_images(model, variables, labels, jax.random.key(args.seed),
                                   learn_sigma=config.model.get("learn_sigma", True),

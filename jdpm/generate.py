@@ -19,13 +19,18 @@ from jdpm import parallel, samplers
 SAMPLERS = ("unipc", "dpm_solver++", "dpm_solver", "ddim", "ddpm")
 
 
+@functools.lru_cache(maxsize=32)
 def _apply_fn(model, amm):
-  """model.apply, with the AMM switch only for models that take it (so DiT without AMM works)."""
+  """model.apply, with the AMM switch only when asked (so models without AMM work).
+
+  Cached: the samplers compile one program per apply function, so the same model must give the same one.
+  """
   return functools.partial(model.apply, amm=True) if amm else model.apply
 
 
 def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
-                  cfg_channels=None, guidance_window=None, amm=False, learn_sigma=True, num_timesteps=1000,
+                  cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=True,
+                  num_timesteps=1000,
                   beta_schedule="linear", mesh=None):
   """Draws one sample per label.
 
@@ -42,6 +47,8 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
     cfg_channels: guide only the first k output channels (the official DiT/EDT scripts use 3 of 4 latent
       channels); None = all.
     guidance_window: (lo, hi) fraction of the steps that are guided (ODE samplers only).
+    cfg_scale_pow: MDTv2's power-cosine guidance schedule with this power (ODE samplers only); None:
+      a constant scale.
     amm: turn on the Attention Modulation Matrix (EDT and models built with amm_blocks).
     learn_sigma: the model outputs 2C channels (eps and variance).
     num_timesteps, beta_schedule: the training diffusion.
@@ -68,6 +75,8 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
     cfg_channels = None
 
   if sampler == "ddpm":
+    if cfg_scale_pow is not None or guidance_window is not None:
+      raise ValueError("guidance schedules and windows are implemented for the ODE samplers, not ddpm.")
     diffusion = diffusion_lib.create_diffusion(str(steps), noise_schedule=beta_schedule,
                                                diffusion_steps=num_timesteps, learn_sigma=learn_sigma)
     kwargs = dict(variables=variables, y=labels, scale=jnp.float32(cfg_scale))
@@ -79,7 +88,8 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
   noise_fn = samplers.make_noise_fn(
       apply_fn, variables, sched, y=labels, learned_sigma=learn_sigma,
       guidance_scale=cfg_scale if guided else None, null_label=null_label if guided else None,
-      guided_channels=cfg_channels, guidance_window=guidance_window if guided else None)
+      guided_channels=cfg_channels, guidance_window=guidance_window if guided else None,
+      scale_pow=cfg_scale_pow if guided else None)
   return samplers.sample(noise_fn, sched, x_T, method=sampler, steps=steps, order=order,
                          skip_type="time_uniform")
 
@@ -144,12 +154,20 @@ def training_sample_grid(trainer, state, step, path):
   images = sample_images(trainer.model, {"params": state.ema_params}, labels, jax.random.key(config.seed),
                          sampler=s.sampler, steps=s.steps, order=s.order, cfg_scale=s.cfg_scale,
                          cfg_channels=s.cfg_channels, amm=s.get("amm", False),
+                         cfg_scale_pow=guidance_power(s),
                          learn_sigma=config.model.get("learn_sigma", True),
                          num_timesteps=config.diffusion.num_timesteps,
                          beta_schedule=config.diffusion.beta_schedule, mesh=trainer.mesh)
   images = host_array(images)
   if jax.process_index() == 0:
     save_grid(images, path, ncol=min(num_classes, s.num_samples))
+
+
+def guidance_power(sample_config):
+  """The power of the config's power-cosine guidance schedule, or None for a constant scale."""
+  if sample_config.get("cfg_schedule", "constant") == "power_cosine":
+    return sample_config.get("cfg_scale_pow", 4.0)
+  return None
 
 
 def host_array(x):

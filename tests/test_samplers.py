@@ -467,3 +467,23 @@ def test_make_noise_fn_errors():
   with pytest.raises(ValueError, match="guidance_window"):
     jdpm.samplers.make_noise_fn(apply, {}, sched, y=jnp.zeros(2, int), guidance_scale=2.0, null_label=1,
                                 guidance_window=(0.5, 0.2))
+
+
+def test_power_cosine_guidance_schedule_in_noise_fn():
+  """MDTv2's schedule: per-sample scale 1 + (s - 1) (1 - cos(pi (1 - t_in/N)^pow)) / 2 on the model time."""
+  from jdpm.diffusion import VPSchedule
+  from jdpm.samplers import make_noise_fn
+
+  sched = VPSchedule.discrete(np.linspace(1e-4, 0.02, 1000))
+
+  def apply_fn(variables, x, t_in, y):  # cond output 1 + x, uncond output x: eps = x + scale
+    return x + (y != 10).astype(x.dtype)[:, None]
+
+  noise_fn = make_noise_fn(apply_fn, {}, sched, y=jnp.array([1, 2, 3]), guidance_scale=3.8, null_label=10,
+                           scale_pow=4.0)
+  t = jnp.array([1.0, 0.5, 0.001])
+  eps = noise_fn(jnp.zeros((3, 2)), t)
+  t_in = (np.asarray(t) - 1e-3) * 1000
+  expected = 1 + 2.8 * 0.5 * (1 - np.cos(np.pi * (1 - t_in / 1000) ** 4))
+  np.testing.assert_allclose(eps[:, 0], expected, rtol=1e-6)
+  np.testing.assert_allclose(eps[:, 1], expected, rtol=1e-6)

@@ -9,3 +9,4 @@ from jdpm.diffusion.losses import min_snr_weight, training_losses, vb_terms_bpd
 from jdpm.diffusion.timestep_sampler import (LossHistory, LossSecondMomentSampler, UniformSampler,
                                              create_named_schedule_sampler)
 from jdpm.diffusion.ddpm import ddpm_sample
+from jdpm.diffusion.guidance import power_cosine_guidance_scale

@@ -22,12 +22,12 @@ Submodule and parameter names follow the official state dict, so
 ``jdpm.convert.from_official`` maps released checkpoints one to one.
 """
 
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jdpm.diffusion.guidance import power_cosine_guidance_scale
 from jdpm.models import amm as amm_lib
 from jdpm.models import layers
 from jdpm.models.dit import FinalLayer, check_input_shapes
@@ -41,29 +41,6 @@ EXTRA_TABLE_ROWS = 3
 # Logit bias of an attention key that must not be seen. Finite, so that a row whose keys are all
 # hidden (a mask that keeps no token) still gives finite, if meaningless, values.
 HIDDEN_KEY_BIAS = -1e30
-
-
-def power_cosine_guidance_scale(cfg_scale, t, diffusion_steps=1000, scale_pow=4.0):
-  """MDTv2's time-dependent classifier-free guidance scale.
-
-  ``s(t) = 1 + (cfg_scale − 1) · ½ (1 − cos(π · (1 − t / diffusion_steps) ** scale_pow))``:
-  about ``cfg_scale`` near t = 0 and 1 (no guidance) at t = diffusion_steps. A large
-  ``scale_pow`` (4, the sampling script's default) guides only the last, low-noise steps (more
-  diversity); a small one (0.01, the released inference script) guides almost everywhere.
-
-  Args:
-    cfg_scale: the guidance scale at t = 0.
-    t: (B,) discrete timesteps of the ``diffusion_steps``-step process (0 = clean).
-    diffusion_steps: length of the training process.
-    scale_pow: the power of the schedule.
-
-  Returns:
-    (B,) float32 scales, computed in float32 in the official operation order.
-  """
-  t = jnp.asarray(t).astype(jnp.float32)
-  progress = (1.0 - t / jnp.float32(diffusion_steps)) ** jnp.float32(scale_pow)
-  step = (1.0 - jnp.cos(progress * jnp.float32(math.pi))) * 1.0 / 2.0
-  return (jnp.float32(cfg_scale) - 1.0) * step + 1.0
 
 
 def kept_token_slots(mask, keep_slots):

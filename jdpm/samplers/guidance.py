@@ -22,6 +22,8 @@ import typing
 import jax
 import jax.numpy as jnp
 
+from jdpm.diffusion.guidance import power_cosine_guidance_scale
+
 MODEL_TYPES = ("noise", "x0", "v")
 
 
@@ -63,6 +65,7 @@ class NoiseFn:
   guided_channels: typing.Optional[int] = dataclasses.field(metadata=dict(static=True), default=None)
   guidance_window: typing.Optional[tuple] = dataclasses.field(metadata=dict(static=True), default=None)
   outside_window: str = dataclasses.field(metadata=dict(static=True), default="cond")
+  scale_pow: typing.Optional[float] = dataclasses.field(metadata=dict(static=True), default=None)
 
   @property
   def uses_progress(self):
@@ -94,6 +97,12 @@ class NoiseFn:
     eps = self._eps(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([self.y, y_null]))
     cond, uncond = jnp.split(eps, 2)
     scale = jnp.asarray(self.guidance_scale, cond.dtype)
+    if self.scale_pow is not None:
+      # MDTv2's power-cosine schedule: the scale grows from 1 (pure noise) to guidance_scale (t = 0),
+      # evaluated on the network's time input, as the official forward_with_cfg does.
+      per_sample = power_cosine_guidance_scale(self.guidance_scale, self.model_time(t), self.sched.total_n,
+                                               self.scale_pow)
+      scale = per_sample.astype(cond.dtype).reshape((-1,) + (1,) * (cond.ndim - 1))
     k = cond.shape[-1] if self.guided_channels is None else self.guided_channels
     guided = uncond[..., :k] + scale * (cond[..., :k] - uncond[..., :k])
     return jnp.concatenate([guided, cond[..., k:]], axis=-1)
@@ -115,7 +124,7 @@ class NoiseFn:
 
 def make_noise_fn(apply_fn, variables, sched, *, y=None, model_type="noise", learned_sigma=False,
                   discrete_time=None, guidance_scale=None, null_label=None, guided_channels=None,
-                  guidance_window=None, outside_window="cond"):
+                  guidance_window=None, outside_window="cond", scale_pow=None):
   """Wraps a denoiser into the noise_fn(x, t) of `jdpm.samplers.sample`.
 
   Args:
@@ -132,6 +141,8 @@ def make_noise_fn(apply_fn, variables, sched, *, y=None, model_type="noise", lea
     guided_channels: guide only the first k channels (None: all).
     guidance_window: (lo, hi) fractions of the model evaluations that are guided (None: all).
     outside_window: "cond" or "uncond": the single prediction used outside the window.
+    scale_pow: use MDTv2's power-cosine guidance schedule with this power (the scale rises from 1 at
+      t_input = N to guidance_scale at 0; see `jdpm.diffusion.power_cosine_guidance_scale`); None: constant.
   Returns:
     a `NoiseFn`.
   """
@@ -158,4 +169,5 @@ def make_noise_fn(apply_fn, variables, sched, *, y=None, model_type="noise", lea
                  guidance_scale=None if guidance_scale is None else jnp.asarray(guidance_scale),
                  apply_fn=_StaticCallable(apply_fn), model_type=model_type, discrete_time=bool(discrete_time),
                  learned_sigma=bool(learned_sigma), null_label=None if null_label is None else int(null_label),
-                 guided_channels=guided_channels, guidance_window=guidance_window, outside_window=outside_window)
+                 guided_channels=guided_channels, guidance_window=guidance_window, outside_window=outside_window,
+                 scale_pow=None if scale_pow is None else float(scale_pow))
