@@ -71,6 +71,33 @@ def create_training_diffusion(config):
                                         learn_sigma=config.model.get("learn_sigma", True))
 
 
+OBJECTIVES = ("denoising", "edt_masking", "mdt_masking")
+
+
+def make_objective(config, model):
+  """The training objective named by ``config.objective`` (default "denoising").
+
+  "denoising": the DiT loss; "edt_masking": EDT's full + token relation-enhanced masked pass;
+  "mdt_masking": MDTv2's full + mask latent modelling pass.
+  """
+  name = config.get("objective", "denoising")
+  diffusion = create_training_diffusion(config)
+  common = dict(model=model, diffusion=diffusion, timestep_sampler=config.diffusion.timestep_sampler,
+                class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
+                min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0))
+  if name == "denoising":
+    return objectives.DenoisingObjective(**common)
+  if name == "edt_masking":
+    from jdpm.training import masking
+    return masking.EDTMaskingObjective.from_config(model, diffusion, config)
+  if name == "mdt_masking":
+    from jdpm.training import mdt_masking
+    return mdt_masking.MaskedDenoisingObjective(
+        **common, mask_ratio_span=config.get("mask_ratio_span", 0.2),
+        per_example_ratio=config.get("mask_per_example_ratio", False))
+  raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+
+
 def validate(config, data_info) -> None:
   """Fails fast, with one line, on configs that cannot run on this machine or this data."""
   n_dev = jax.device_count()
@@ -123,11 +150,7 @@ class Trainer:
   def from_config(cls, config, data_info):
     mesh = parallel.make_mesh(config.fsdp)
     model = create_model(config)
-    objective = objectives.DenoisingObjective(
-        model=model, diffusion=create_training_diffusion(config),
-        timestep_sampler=config.diffusion.timestep_sampler,
-        class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
-        min_snr_gamma=config.diffusion.min_snr_gamma)
+    objective = make_objective(config, model)
     lr_schedule = schedules.make_schedule(config.optimizer)
     optimizer = optimizers.make_optimizer(config.optimizer)
     init = make_init_fn(model, optimizer, objective, data_info)
