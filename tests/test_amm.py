@@ -47,8 +47,8 @@ def test_formula_and_cutoff(n):
 
 def test_grid_16_has_the_expected_support():
   m = amm.modulation_matrix(16)
-  # R = sqrt(229) ≈ 15.13: from a corner, the far corner (d ≈ 21.2) is cut, (15, 2) (d ≈ 15.13) kept,
-  # (15, 3) (d ≈ 15.30) cut.
+  # R = sqrt(229) ≈ 15.13: from a corner, the far corner (d ≈ 21.2) is cut, (15, 2)
+  # (d ≈ 15.13) kept, (15, 3) (d ≈ 15.30) cut.
   assert m[0, 255] == 0 and m[0, 15 * 16 + 2] > 0 and m[0, 15 * 16 + 3] == 0
   assert amm.cutoff_distance(16) == pytest.approx(np.sqrt(229))
 
@@ -69,8 +69,8 @@ def test_check_amm_blocks():
 
 
 def _dit(**kwargs):
-  return jdpm.models.create("DiT", hidden_size=32, depth=3, num_heads=2, patch_size=4, input_size=16,
-                            in_channels=3, num_classes=5, **kwargs)
+  return jdpm.models.create("DiT", hidden_size=32, depth=3, num_heads=2, patch_size=4,
+                            input_size=16, in_channels=3, num_classes=5, **kwargs)
 
 
 def random_variables(model, std, seed=0):

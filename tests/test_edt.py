@@ -1,9 +1,12 @@
-"""EDT: golden outputs of the official code (via the converter), parameter/MAC counts of the presets,
-custom stage splits, and the token relation-enhanced masking (model inputs and training objective).
+"""EDT: golden outputs of the official code (via the converter), parameter/MAC counts of the
+presets, custom stage splits, and the token relation-enhanced masking (model inputs and training objective).
 
-The golden parameters are not stored: they are ``torch.randn`` draws from ``torch.Generator().
-manual_seed(0)`` in state-dict order (see tests/data/README of the reference data), which
-``torch_randn`` below regenerates without torch to ~1e-7 relative precision.
+The reference parameters are not stored (they would take 4 MB per file): the reference data drew
+every non-frozen entry as ``torch.randn(shape, generator=g) * std`` with one
+``torch.Generator().manual_seed(0)``, in state-dict order, and ``torch_randn`` below regenerates
+those draws without torch to ~1e-7 relative precision (checked against two stored entries). The
+files keep the official inputs, outputs, activations, the frozen sin-cos tables and the key
+order and shapes.
 """
 
 import functools
@@ -269,7 +272,8 @@ def test_custom_stage_split_converts_and_uses_global_amm_indices(tiny):
     model.init(jax.random.key(0), x, t, y, amm=True)
   # Weights of one split do not load into another.
   with pytest.raises(ValueError, match="blocks_4"):
-    jdpm.convert.from_official(state_dict, "EDT", **{**TINY_KWARGS, "stages_depth": [4, 1, 1, 1, 2]})
+    jdpm.convert.from_official(state_dict, "EDT",
+                               **{**TINY_KWARGS, "stages_depth": [4, 1, 1, 1, 2]})
   # A wrong frozen table is reported.
   state_dict["down_blocks.1.pos_embed"] = state_dict["down_blocks.1.pos_embed"] + 0.1
   with pytest.raises(ValueError, match="down_blocks.1.pos_embed differs"):
@@ -311,7 +315,8 @@ def test_down_sample_drops_tokens_after_the_norm():
   module = edt.DownSample(8)
   x = np.random.default_rng(0).standard_normal((1, 16, 4), np.float32)
   c = np.random.default_rng(1).standard_normal((1, 6), np.float32)
-  params = jax.tree.map(lambda a: 0.3 * np.random.default_rng(2).standard_normal(a.shape, np.float32),
+  rng = np.random.default_rng(2)
+  params = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32),
                         jax.eval_shape(module.init, jax.random.key(0), x, c))
   keep = np.ones((1, 16), bool)
   keep[0, [0, 1, 4, 5]] = False  # The whole 2x2 group of merged token 0.
@@ -320,7 +325,8 @@ def test_down_sample_drops_tokens_after_the_norm():
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(x):
     masked_out = lambda x: module.apply(params, x, c, keep)
-    return module.apply(params, x, c), masked_out(x), jax.grad(lambda x: masked_out(x)[0, :2].sum())(x)
+    grad = jax.grad(lambda x: masked_out(x)[0, :2].sum())(x)
+    return module.apply(params, x, c), masked_out(x), grad
 
   full, masked, grad = map(np.asarray, run(x))
   pos = np.asarray(edt.sincos_table(8, 2))[0]
@@ -410,7 +416,8 @@ def test_objective_sums_a_full_and_a_masked_pass(tiny):
     # The masked pass's noise and label drops without its masks.
     unmasked_batch = dict(full_batch, noise=drawn["masked"]["noise"], drop=drawn["masked"]["drop"])
     return (drawn, objective.per_example_loss(params, drawn),
-            plain.per_example_loss(params, full_batch), plain.per_example_loss(params, unmasked_batch))
+            plain.per_example_loss(params, full_batch),
+            plain.per_example_loss(params, unmasked_batch))
 
   batch = {"image": x, "label": np.array([0, 4])}
   drawn, (losses, aux), (plain_losses, plain_aux), (unmasked, _) = step_losses(

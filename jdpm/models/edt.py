@@ -324,7 +324,8 @@ class EDT(nn.Module):
     amm_blocks = self.resolved_amm_blocks()
     if amm and not amm_blocks:
       raise ValueError(f"amm=True but this EDT has no AMM blocks (no official arrangement for "
-                       f"stages_depth={tuple(self.stages_depth)}): create it with amm_blocks=[...].")
+                       f"stages_depth={tuple(self.stages_depth)}): create it with "
+                       "amm_blocks=[...].")
     down_keep = self._check_down_keep(down_keep)
     if mid_keep is not None and not 0 <= self.mid_mask_block < self.stages_depth[0]:
       raise ValueError(f"mid_keep replaces tokens before block {self.mid_mask_block} of the first "

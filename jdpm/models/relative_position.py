@@ -77,7 +77,7 @@ class RelativePositionBias(nn.Module):
     n = self.grid_size
     offsets = table[: self.num_offsets].reshape(2 * n - 1, 2 * n - 1, self.num_heads)
     coords = np.arange(n)
-    shift = jnp.asarray(coords[:, None] - coords[None, :] + n - 1)  # (n, n): [i, j] → i − j + n − 1.
+    shift = jnp.asarray(coords[:, None] - coords[None, :] + n - 1)  # [i, j] → i − j + n − 1.
     bias = offsets[shift[:, None, :, None], shift[None, :, None, :]]  # (n, n, n, n, H)
     n_tokens = n * n
     bias = bias.reshape(n_tokens, n_tokens, self.num_heads).transpose(2, 0, 1)
