@@ -38,6 +38,9 @@ def parse_args(argv=None):
   s.add_argument("--guidance-window", default=None,
                  help="lo,hi: guide only this fraction of the steps, e.g. 0,0.4 (T2I acceleration)")
   s.add_argument("--amm", action="store_true", help="turn on the Attention Modulation Matrix")
+  s.add_argument("--amm-blocks", default=None,
+                 help="comma-separated block indices for --amm (default: the model's amm_blocks); AMM has "
+                      "no parameters, so any checkpoint can be sampled with any placement")
   s.add_argument("--num-samples", type=int, default=None, help="number of samples (multiple of devices)")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", default=None, help="output PNG (default: WORKDIR/samples/sample.png)")
@@ -52,6 +55,11 @@ def parse_args(argv=None):
     except ValueError:
       p.error(f"--guidance-window must be two numbers lo,hi; got {args.guidance_window!r}")
     args.guidance_window = (lo, hi)
+  if args.amm_blocks is not None:
+    try:
+      args.amm_blocks = tuple(int(b) for b in args.amm_blocks.split(",") if b.strip())
+    except ValueError:
+      p.error(f"--amm-blocks must be comma-separated integers; got {args.amm_blocks!r}")
   return args
 
 
@@ -79,7 +87,10 @@ def load_run(args):
   state, step = restored
   logging.info("loaded step %d from %s", step, workdir)
   params = state.params if args.raw_params else state.ema_params
-  return config, trainer.model, {"params": params}
+  model = trainer.model
+  if args.amm_blocks is not None:
+    model = model.clone(amm_blocks=args.amm_blocks)
+  return config, model, {"params": params}
 
 
 def load_weights(args):
@@ -90,8 +101,9 @@ def load_weights(args):
   config = dit_config.base_config()
   config.model.name = args.model
   config.model.num_classes = args.num_classes
-  model = jdpm.models.create(args.model, num_classes=args.num_classes)
-  variables = jdpm.convert.from_official(args.weights, args.model, num_classes=args.num_classes)
+  extra = {} if args.amm_blocks is None else {"amm_blocks": args.amm_blocks}
+  model = jdpm.models.create(args.model, num_classes=args.num_classes, **extra)
+  variables = jdpm.convert.from_official(args.weights, args.model, num_classes=args.num_classes, **extra)
   return config, model, variables
 
 

@@ -20,7 +20,7 @@ The trainer builds the objective named by ``config.objective`` ("edt_masking") w
 
 import ml_collections
 
-from configs.dit import base_config
+from configs.dit import base_config, tiny_recipe
 
 # name: (hidden_size D0, stages_depth, lr, AMM blocks, mid-stage mask ratio)
 EDT_SIZES = {
@@ -57,16 +57,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model.update(dict(hidden_size=48, dims=stage_widths(48), num_heads=(3, 4, 5, 4, 3),
                         stages_depth=(2, 2, 2, 3, 3), amm_blocks=(7, 10), patch_size=4,
                         input_size=32, in_channels=3, num_classes=10))
-    c.data.name = "shapes"
-    c.optimizer.update(dict(lr=1e-3, schedule="warmup", warmup_steps=200))
-    c.batch_size = 32
-    c.total_steps = 3000
-    c.ema_decay = 0.999
-    c.log_every = 50
-    c.checkpoint_every = 500
-    c.sample_every = 1000
-    c.sample.update(dict(steps=10, order=3, cfg_scale=1.5, cfg_channels=-1, num_samples=40))
-    return c
+    return tiny_recipe(c)
   if arg not in EDT_SIZES:
     raise ValueError(f"unknown EDT config {arg!r}; choose one of tiny, {', '.join(EDT_SIZES)}.")
   hidden, stages_depth, lr, amm_blocks, mid_mask_ratio = EDT_SIZES[arg]

@@ -14,7 +14,7 @@ Override any field on the command line: ``--config=configs/mdt.py:S --config.bat
 
 import ml_collections
 
-from configs.dit import base_config
+from configs.dit import base_config, tiny_recipe
 
 # name: (hidden_size, depth, num_heads, decode_layer, lr)
 MDT_SIZES = {"S": (384, 12, 6, 6, 5e-4), "B": (768, 12, 12, 4, 3e-4), "XL": (1152, 28, 16, 4, 3e-4)}
@@ -39,16 +39,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   if arg == "tiny":
     c.model.update(dict(hidden_size=128, depth=4, num_heads=4, decode_layer=2, patch_size=4, input_size=32,
                         in_channels=3, num_classes=10))
-    c.data.name = "shapes"
-    c.optimizer.update(dict(lr=1e-3, schedule="warmup", warmup_steps=200))
-    c.batch_size = 32
-    c.total_steps = 3000
-    c.ema_decay = 0.999
-    c.log_every = 50
-    c.checkpoint_every = 500
-    c.sample_every = 1000
-    c.sample.update(dict(steps=10, order=3, cfg_scale=1.5, cfg_channels=-1, num_samples=40))
-    return c
+    return tiny_recipe(c)
   if arg not in MDT_SIZES:
     raise ValueError(f"unknown MDTv2 config {arg!r}; choose one of tiny, {', '.join(MDT_SIZES)}.")
   hidden, depth, heads, decode_layer, lr = MDT_SIZES[arg]

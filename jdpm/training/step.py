@@ -39,7 +39,8 @@ def cast_floats(tree, dtype):
 
 
 def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation, *,
-                   ema_decay: float = 0.9999, grad_accum_steps: int = 1, compute_dtype=None,
+                   ema_decay: float = 0.9999, ema_warmup: bool = False, grad_accum_steps: int = 1,
+                   compute_dtype=None,
                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None):
   """Builds ``update(state, batch) -> (state, metrics)``, to be wrapped in `jax.jit` (see `jit_update_fn`).
 
@@ -47,6 +48,9 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
     objective: the training objective.
     optimizer: an optax transformation (gradient clipping, if any, belongs in it).
     ema_decay: EMA decay per step; the EMA starts as a copy of the parameters.
+    ema_warmup: use min(ema_decay, (1 + step) / (10 + step)) instead, so that a short run's EMA follows the
+      parameters (with adaLN-Zero, an EMA still weighted towards the zero init predicts far too little
+      noise); long runs at the papers' scale use a plain decay.
     grad_accum_steps: split the global batch into this many micro-batches, run them one after the other and
       average the gradients: same result as the full batch, a fraction of the activation memory.
     compute_dtype: e.g. jnp.bfloat16 for mixed precision: params and inputs are cast for the forward and
@@ -94,7 +98,11 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
       grads, (losses, aux) = accumulated_grads(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    decay = ema_decay
+    if ema_warmup:
+      step = state.step.astype(jnp.float32)
+      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     extra = objective.update_extra(state.extra, batch, losses, aux)
     metrics = {
         "loss": jnp.mean(losses),

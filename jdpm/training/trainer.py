@@ -159,6 +159,7 @@ class Trainer:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     compute_dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     update = make_update_fn(objective, optimizer, ema_decay=config.ema_decay,
+                            ema_warmup=config.get("ema_warmup", False),
                             grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype,
                             lr_schedule=lr_schedule)
     update = jit_update_fn(update, shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh))
