@@ -195,11 +195,22 @@ class DiT(nn.Module):
 
     Use as ``model.apply(variables, x, t, y, s, method="forward_with_cfg")``.
     """
-    if x.shape[0] % 2:
-      raise ValueError(f"forward_with_cfg needs an even batch, got x of shape {tuple(x.shape)}.")
-    half = x[: x.shape[0] // 2]
-    model_out = self(jnp.concatenate([half, half], axis=0), t, y, amm=amm)
-    return layers.glide_guidance(model_out, cfg_scale, guided_channels)
+    return glide_forward(self, x, t, y, cfg_scale, guided_channels, amm=amm)
+
+
+def glide_forward(model, x, t, y, cfg_scale, guided_channels=3, **call_kwargs):
+  """The official ``forward_with_cfg`` of DiT-style models (DiT, EDT): the first half of x, doubled.
+
+  Args:
+    model: a bound module called as ``model(x, t, y, **call_kwargs)``.
+    x, t, y: (2B, ...) GLIDE-style doubled batch; rows B..2B-1 of x are ignored.
+    cfg_scale, guided_channels: see ``layers.glide_guidance``.
+  """
+  if x.shape[0] % 2:
+    raise ValueError(f"forward_with_cfg needs an even batch, got x of shape {tuple(x.shape)}.")
+  half = x[: x.shape[0] // 2]
+  model_out = model(jnp.concatenate([half, half], axis=0), t, y, **call_kwargs)
+  return layers.glide_guidance(model_out, cfg_scale, guided_channels)
 
 
 # Official DiT configurations: name -> architecture keyword arguments.

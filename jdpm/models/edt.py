@@ -381,28 +381,11 @@ class EDT(nn.Module):
     return down_keep
 
   def forward_with_cfg(self, x, t, y, cfg_scale, guided_channels=3, amm=False):
-    """Classifier-free guided forward on a GLIDE-style doubled batch (official convention).
+    """Classifier-free guided forward, exactly as ``DiT.forward_with_cfg`` (official convention).
 
-    Only the first half of ``x`` is read; it is duplicated and run with the full ``t`` and ``y``
-    (conditional labels first, null labels second). See ``layers.glide_guidance``.
-
-    Args:
-      x: (2B, H, W, C); rows B..2B-1 are ignored.
-      t: (2B,) timesteps.
-      y: (2B,) labels, typically [y, null, ..., null].
-      cfg_scale: guidance scale.
-      guided_channels: number of leading output channels to guide (official: 3).
-      amm: apply the Attention Modulation Matrix (see ``__call__``).
-
-    Returns:
-      (2B, H, W, out_channels). Use as
-      ``model.apply(variables, x, t, y, s, amm=True, method="forward_with_cfg")``.
+    Use as ``model.apply(variables, x, t, y, s, amm=True, method="forward_with_cfg")``.
     """
-    if x.shape[0] % 2:
-      raise ValueError(f"forward_with_cfg needs an even batch, got x of shape {tuple(x.shape)}.")
-    half = x[: x.shape[0] // 2]
-    model_out = self(jnp.concatenate([half, half], axis=0), t, y, amm=amm)
-    return layers.glide_guidance(model_out, cfg_scale, guided_channels)
+    return dit.glide_forward(self, x, t, y, cfg_scale, guided_channels, amm=amm)
 
 
 def _preset(width, stages_depth):
