@@ -12,7 +12,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-# Several tests compile the same programs (a training step per run of the trainer); a per-session
+# Several tests compile the same programs (a training step per run of the trainer); a persistent
 # persistent cache turns the repeats into cache hits.
 _CACHE_DIR = tempfile.mkdtemp(prefix="jdpm-test-xla-cache-")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
