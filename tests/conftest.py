@@ -13,7 +13,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 # Several tests compile the same programs (a training step per run of the trainer); a persistent
-# persistent cache turns the repeats into cache hits.
+# cache, one per test run, turns the repeats into cache hits.
 _CACHE_DIR = tempfile.mkdtemp(prefix="jdpm-test-xla-cache-")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
