@@ -81,7 +81,7 @@ class FinalLayer(nn.Module):
                     kernel_init=layers.zeros, name="linear")(x)
 
 
-class DiT(nn.Module):
+class DiT(nn.Module, layers.PatchDenoiserGeometry):
   """Diffusion Transformer; the attribute names and defaults are the official constructor's
   (the defaults give DiT-XL/2 on 32×32×4 latents with 1000 classes).
 
@@ -113,14 +113,6 @@ class DiT(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   amm_blocks: Sequence[int] = ()
-
-  @property
-  def out_channels(self):
-    return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-  @property
-  def grid_size(self):
-    return self.input_size // self.patch_size
 
   def pos_embed(self):
     """The frozen (1, N, D) float32 sin-cos position table."""

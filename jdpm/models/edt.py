@@ -165,7 +165,7 @@ class ConcatLayer(nn.Module):
     return h + sincos_table(self.hidden_size, grid_side(h), h.dtype)
 
 
-class EDT(nn.Module):
+class EDT(nn.Module, layers.PatchDenoiserGeometry):
   """Efficient Diffusion Transformer; attribute names follow the official constructor (the
   defaults give EDT-S/2 on 32×32×4 latents with 1000 classes).
 
@@ -221,15 +221,6 @@ class EDT(nn.Module):
   # ------------------------------------------------------------------------------------------
   # Geometry.
   # ------------------------------------------------------------------------------------------
-
-  @property
-  def out_channels(self):
-    return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-  @property
-  def grid_size(self):
-    """Side of the first stage's token grid."""
-    return self.input_size // self.patch_size
 
   @property
   def num_stages(self):

@@ -18,6 +18,23 @@ Dtype = Any
 
 # Official DiT initialisation: Linear layers are Xavier-uniform with zero bias.
 xavier_uniform = nn.initializers.xavier_uniform()
+
+
+class PatchDenoiserGeometry:
+  """Shape properties shared by the patch-based denoisers (DiT, EDT, MDTv2).
+
+  Mixed into a Flax module with the attributes input_size, patch_size, in_channels and learn_sigma.
+  """
+
+  @property
+  def out_channels(self):
+    """2C output channels (eps and variance) with a learned sigma, else C."""
+    return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+  @property
+  def grid_size(self):
+    """Side of the (first) token grid: input_size / patch_size."""
+    return self.input_size // self.patch_size
 zeros = nn.initializers.zeros
 
 

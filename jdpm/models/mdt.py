@@ -150,7 +150,7 @@ def _sincos_init(grid_size):
   return init
 
 
-class MDTv2(nn.Module):
+class MDTv2(nn.Module, layers.PatchDenoiserGeometry):
   """Masked Diffusion Transformer v2; attribute names and defaults are the official
   constructor's (the defaults give MDTv2-XL/2 on 32×32×4 latents with 1000 classes).
 
@@ -188,14 +188,6 @@ class MDTv2(nn.Module):
   amm_blocks: Sequence[int] = ()
   dtype: Dtype = jnp.float32
   remat: bool = False
-
-  @property
-  def out_channels(self):
-    return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-  @property
-  def grid_size(self):
-    return self.input_size // self.patch_size
 
   @property
   def num_tokens(self):
