@@ -81,9 +81,8 @@ class FinalLayer(nn.Module):
                     kernel_init=layers.zeros, name="linear")(x)
 
 
-class DiT(nn.Module, layers.PatchDenoiserGeometry):
-  """Diffusion Transformer; the attribute names and defaults are the official constructor's
-  (the defaults give DiT-XL/2 on 32×32×4 latents with 1000 classes).
+class PatchTransformer(nn.Module, layers.PatchDenoiserGeometry):
+  """The constructor fields DiT and MDTv2 share, with the official names and DiT-XL/2 defaults.
 
   Attributes:
     input_size: latent side H = W.
@@ -95,10 +94,10 @@ class DiT(nn.Module, layers.PatchDenoiserGeometry):
     num_classes: number of real classes.
     learn_sigma: output 2C channels (ε then the variance interpolation v in [-1, 1] units)
       instead of C.
+    amm_blocks: block indices that get EDT's Attention Modulation Matrix when called with
+      ``amm=True`` (no parameters).
     dtype: computation dtype (parameters stay float32).
     remat: rematerialise each block in the backward pass (saves activation memory).
-    amm_blocks: block indices that get EDT's Attention Modulation Matrix when called with
-      ``amm=True`` (no parameters; e.g. ``amm.DIT_XL_AMM_BLOCKS`` = (15, 17, 19, 22, 24)).
   """
   input_size: int = 32
   patch_size: int = 2
@@ -110,9 +109,16 @@ class DiT(nn.Module, layers.PatchDenoiserGeometry):
   class_dropout_prob: float = 0.1
   num_classes: int = 1000
   learn_sigma: bool = True
+  amm_blocks: Sequence[int] = ()
   dtype: Dtype = jnp.float32
   remat: bool = False
-  amm_blocks: Sequence[int] = ()
+
+
+class DiT(PatchTransformer):
+  """Diffusion Transformer; the fields are ``PatchTransformer``'s (the official constructor's
+  names; the defaults give DiT-XL/2 on 32×32×4 latents with 1000 classes). Official AMM placement
+  for DiT-XL/2: ``amm_blocks=jdpm.models.amm.DIT_XL_AMM_BLOCKS`` = (15, 17, 19, 22, 24).
+  """
 
   def pos_embed(self):
     """The frozen (1, N, D) float32 sin-cos position table."""

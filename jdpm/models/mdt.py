@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jdpm.diffusion.guidance import power_cosine_guidance_scale
 from jdpm.models import amm as amm_lib
 from jdpm.models import layers
-from jdpm.models.dit import FinalLayer, check_input_shapes
+from jdpm.models.dit import FinalLayer, PatchTransformer, check_input_shapes
 from jdpm.models.relative_position import RelativePositionBias
 
 Dtype = Any
@@ -150,44 +150,21 @@ def _sincos_init(grid_size):
   return init
 
 
-class MDTv2(nn.Module, layers.PatchDenoiserGeometry):
-  """Masked Diffusion Transformer v2; attribute names and defaults are the official
-  constructor's (the defaults give MDTv2-XL/2 on 32×32×4 latents with 1000 classes).
+class MDTv2(PatchTransformer):
+  """Masked Diffusion Transformer v2: ``PatchTransformer``'s fields (the official constructor's
+  names; the defaults give MDTv2-XL/2 on 32×32×4 latents with 1000 classes; ``depth`` counts encoder
+  + decoder blocks, the side block is extra; ``amm_blocks`` uses the whole-stack numbering of the
+  module docstring) and:
 
   Attributes:
-    input_size: latent side H = W.
-    patch_size: p; the token grid is (input_size / p)².
-    in_channels: latent channels C.
-    hidden_size, depth, num_heads, mlp_ratio: width, number of blocks (encoder + decoder; the
-      side block is extra), heads, MLP expansion.
-    class_dropout_prob: train-time label dropout; > 0 also adds the null class ``num_classes``.
-    num_classes: number of real classes.
-    learn_sigma: output 2C channels (ε, then the variance interpolation in [-1, 1] units).
     mask_ratio: the smallest mask ratio of masked training (official training: 0.3; ratios
       are drawn from U(mask_ratio, mask_ratio + 0.2)); it fixes the default number of kept-token
       slots. None: a plain denoiser (masked calls raise).
     decode_layer: number of decoder blocks; the encoder has (depth − decode_layer) // 2 blocks
       in and as many out.
-    amm_blocks: indices (whole-stack numbering, see the module docstring) of the blocks that
-      apply the Attention Modulation Matrix when called with ``amm=True``.
-    dtype: computation dtype (parameters stay float32).
-    remat: rematerialise each block in the backward pass.
   """
-  input_size: int = 32
-  patch_size: int = 2
-  in_channels: int = 4
-  hidden_size: int = 1152
-  depth: int = 28
-  num_heads: int = 16
-  mlp_ratio: float = 4.0
-  class_dropout_prob: float = 0.1
-  num_classes: int = 1000
-  learn_sigma: bool = True
   mask_ratio: float | None = None
   decode_layer: int = 4
-  amm_blocks: Sequence[int] = ()
-  dtype: Dtype = jnp.float32
-  remat: bool = False
 
   @property
   def num_tokens(self):
