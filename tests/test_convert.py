@@ -161,5 +161,5 @@ def test_bad_names_and_files():
     jdpm.convert.from_official(tiny_npz(), "DiT-XXL/2")
   with pytest.raises(ValueError, match="does not exist"):
     jdpm.convert.from_official(DATA / "missing.pt", "DiT", **TINY)
-  with pytest.raises(ValueError, match="not a zip-format torch checkpoint"):
+  with pytest.raises(ValueError, match="not a torch.save checkpoint"):
     load_torch_checkpoint(pathlib.Path(__file__))  # A text file, not a zip archive.

@@ -1,4 +1,4 @@
-"""Reads PyTorch ``torch.save`` checkpoints (zip format, torch >= 1.6) without torch.
+"""Reads PyTorch ``torch.save`` checkpoints (zip format of torch >= 1.6, and the legacy format) without torch.
 
 A ``.pt`` file is a zip archive holding ``<root>/data.pkl`` (a pickle of the saved object whose
 tensors refer to storages by key) and one raw little-endian file ``<root>/data/<key>`` per
@@ -119,18 +119,26 @@ class _Unpickler(pickle.Unpickler):
 
 
 def load_torch_checkpoint(path):
-  """Loads a ``torch.save`` zip checkpoint as plain Python objects with numpy arrays.
+  """Loads a ``torch.save`` checkpoint as plain Python objects with numpy arrays (torch is not used).
 
   Args:
-    path: file path of a ``.pt``/``.pth`` written by ``torch.save`` (torch >= 1.6).
+    path: file path of a ``.pt``/``.pth``/``.bin`` written by ``torch.save``: the zip format
+      (torch >= 1.6) or the legacy format (e.g. pytorch-fid's Inception weights).
 
   Returns:
     The saved object: dicts/OrderedDicts, lists and scalars as saved, tensors as numpy arrays
     (bfloat16 via ``ml_dtypes``), other objects as ``Opaque`` placeholders.
   """
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not a zip-format torch checkpoint (torch.save of torch >= 1.6). "
-                     "Re-save it with a recent torch, or export it to .safetensors or .npz.")
+  if zipfile.is_zipfile(path):
+    return _load_zip_checkpoint(path)
+  if _is_legacy_pickle(path):
+    return read_legacy_torch_file(path)
+  raise ValueError(f"{path} is not a torch.save checkpoint (neither the zip nor the legacy format). "
+                   "Export it to .safetensors or .npz, or re-save it with torch.save.")
+
+
+def _load_zip_checkpoint(path):
+  """``load_torch_checkpoint`` for the zip format (torch >= 1.6)."""
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("data.pkl")]
@@ -150,3 +158,72 @@ def load_torch_checkpoint(path):
 
     with archive.open(pickles[0]) as f:
       return _Unpickler(f, load_storage).load()
+
+
+# Legacy torch.save header: a pickled magic number and protocol version (torch/serialization.py).
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class _ScanUnpickler(_Unpickler):
+  """First pass over a legacy pickle: records each storage's dtype and builds no tensors."""
+
+  def __init__(self, file):
+    super().__init__(file, load_storage=None)
+    self.dtypes = {}
+
+  def find_class(self, module, name):
+    if module == "torch._utils" and name.startswith("_rebuild"):
+      return lambda *args: None  # No data yet: tensors become None in this pass.
+    return super().find_class(module, name)
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+      raise ValueError(f"Unsupported persistent id in legacy torch file: {pid!r}.")
+    storage_type, key, view_metadata = pid[1], str(pid[2]), pid[5] if len(pid) > 5 else None
+    if view_metadata is not None:
+      raise ValueError("Legacy torch files with storage views (torch < 0.4) are not supported.")
+    self.dtypes[key] = storage_type.dtype
+
+
+def read_legacy_torch_file(path):
+  """Reads a legacy (pre-1.6, non-zip) ``torch.save`` file without torch.
+
+  The layout is five pickles in a row: magic number, protocol version, system info, the saved
+  object (tensors refer to storages by key), the sorted list of storage keys; then, per key, an
+  int64 little-endian element count and the raw little-endian data. Tensors need their storage
+  when unpickled, which comes after the object, so the object is unpickled twice: once to learn
+  each storage's dtype (hence its byte size), once with the data.
+
+  Returns:
+    The saved object with tensors as numpy arrays (as ``load_torch_checkpoint``).
+  """
+  with open(path, "rb") as f:
+    try:
+      header = [_Unpickler(f, None).load() for _ in range(3)]
+    except (pickle.UnpicklingError, EOFError, ValueError):
+      header = None
+    if not header or header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
+      raise ValueError(f"{path} is neither a zip-format nor a legacy torch.save file.")
+    start = f.tell()
+    scan = _ScanUnpickler(f)
+    scan.load()
+    keys = _Unpickler(f, None).load()
+    storages = {}
+    for key in keys:
+      dtype = scan.dtypes[str(key)]
+      count = int.from_bytes(f.read(8), "little", signed=True)
+      data = f.read(count * dtype.itemsize)
+      if len(data) != count * dtype.itemsize:
+        raise ValueError(f"{path} is truncated (storage {key}).")
+      array = np.frombuffer(data, dtype=dtype)
+      storages[str(key)] = array.byteswap() if sys.byteorder != "little" else array
+    f.seek(start)
+    return _Unpickler(f, lambda key, dtype: storages[key]).load()
+
+
+def _is_legacy_pickle(path):
+  with open(path, "rb") as f:
+    head = f.read(2)
+  # Pickle protocol 2+ streams start with PROTO (0x80); the legacy format's first pickle is one.
+  return len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] >= 2

@@ -4,13 +4,14 @@
 - `make_eval_iterator`: one ordered pass in batches.
 - `dataset_info`: image shape, class count and split sizes of a dataset name.
 - `data_source`: random access to a split's records.
-- `build_latent_dataset`: encode a dataset once (sharded over all devices) into a latent dataset.
+- `build_latent_dataset`: encode a dataset once (sharded over all devices) into a latent dataset;
+  `vae_encode_fn` wraps a Stable Diffusion VAE as its encoder.
 - builders: `Shapes` (procedural), `Digits` (scikit-learn), `Imagenet2012` (manual download, ADM crop).
 """
 
 from jdpm.data.digits import Digits
 from jdpm.data.imagenet import Imagenet2012, adm_center_crop
-from jdpm.data.latents import build_latent_dataset
+from jdpm.data.latents import build_latent_dataset, vae_encode_fn
 from jdpm.data.pipeline import make_eval_iterator, make_train_iterator
 from jdpm.data.registry import BUILTIN, DatasetInfo, data_source, dataset_info, get_builder
 from jdpm.data.shapes import Shapes

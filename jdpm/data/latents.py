@@ -4,8 +4,10 @@
 to `jax.jit(encode_fn)`, and writes float latents (float16 or float32) plus the labels to array_record files
 under `data_dir/<out_name>/1.0.0/`. Record i of a split is the encoding of record i of the source split, so
 the result is read back by name through `jdpm.data.data_source` and `make_train_iterator` like any dataset.
+`vae_encode_fn` gives the `encode_fn` and `params` of a Stable Diffusion VAE (`jdpm.models.vae.AutoencoderKL`).
 """
 
+import functools
 import re
 import shutil
 
@@ -18,6 +20,36 @@ from jdpm.data import registry, storage
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 IMAGE_FORMATS = ("float", "uint8")
+
+
+def vae_encode_fn(vae, variables):
+  """`encode_fn` and `params` for `build_latent_dataset` from a VAE such as `jdpm.models.vae.AutoencoderKL`.
+
+  Args:
+    vae: an unbound module with `encode_latents(variables, images, rng=None)` whose encoding reads only
+      the "encoder" and "quant_conv" parameters (the decoder's are left out of `params`).
+    variables: its variables.
+  Returns:
+    (encode_fn, params): pass both, `build_latent_dataset(encode_fn, ..., params=params)`.
+    `encode_fn(params, images, key=None)` maps float images (B, H, W, C) in [-1, 1] to `scaling_factor * z`,
+    z a posterior sample drawn with `key` (build with `rng=...`, as DiT's feature extraction), or the
+    posterior mean when built without `rng`. With `with_flips=True` the mirrored images get their own keys.
+  """
+  params = {"params": {k: v for k, v in variables["params"].items() if k in ("encoder", "quant_conv")}}
+
+  def encode_fn(params, images, key=None):
+    return vae.encode_latents(params, images, key)
+
+  return encode_fn, params
+
+
+def _replicate(tree, sharding):
+  # Built from host copies on every process, so it also works when the mesh spans several hosts.
+  def put(leaf):
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
 
 
 def _mesh_and_shardings(mesh):
@@ -76,12 +108,13 @@ def _encode_split(source, encode, batch_size, batch_sharding, image_format, with
 def build_latent_dataset(encode_fn, source_dataset_name: str, *, out_name: str, data_dir=None,
                          batch_size: int = 256, source_data_dir=None, splits=None,
                          latent_dtype=np.float32, image_format: str = "float", with_flips: bool = False,
-                         rng=None, mesh=None, overwrite: bool = False) -> registry.DatasetInfo:
+                         rng=None, params=None, mesh=None, overwrite: bool = False) -> registry.DatasetInfo:
   """Encodes every image of `source_dataset_name` with `encode_fn` and stores the latents as `out_name`.
 
   Args:
-    encode_fn: images (B, H, W, C) -> latents (B, h, w, c), a jittable JAX function (close over any
-      parameters). Called as `encode_fn(images, key)` when `rng` is given (e.g. to sample a VAE posterior).
+    encode_fn: images (B, H, W, C) -> latents (B, h, w, c), a jittable JAX function. Called as
+      `encode_fn(images, key)` when `rng` is given (e.g. to sample a VAE posterior), and with `params`
+      first when `params` is given: `encode_fn(params, images[, key])`.
     source_dataset_name: any jdpm image dataset ("shapes", "imagenet2012", ...); built first if needed.
     out_name: name of the new dataset (lower case letters, digits, "_"); not a built-in name.
     data_dir: where to write it; default $JDPM_DATA_DIR or ~/tensorflow_datasets.
@@ -93,6 +126,9 @@ def build_latent_dataset(encode_fn, source_dataset_name: str, *, out_name: str, 
     with_flips: also store "latent_flip", the encoding of the left-right mirrored image, so that the
       training pipeline's random flip is exact.
     rng: optional jax.random key; batch k gets `fold_in(rng, 2k)` (and `2k + 1` for its mirrored images).
+    params: optional pytree of arrays (a network's weights), replicated on every device once and passed to
+      the compiled encoder as an argument. Small encoders may close over their weights instead, but closed-over
+      arrays are baked into the compiled program as constants (slow to compile for a real network).
     mesh: device mesh; the batch is split over all of its axes. Default: `jdpm.parallel.make_mesh()`.
     overwrite: rebuild even if `out_name` already exists.
   Returns:
@@ -121,16 +157,23 @@ def build_latent_dataset(encode_fn, source_dataset_name: str, *, out_name: str, 
   example = jax.ShapeDtypeStruct((batch_size, *source_info.image_shape),
                                  np.float32 if image_format == "float" else np.uint8)
   args = (example,) if rng is None else (example, rng)
+  if params is not None:
+    args = (params, *args)
   latent_shape = jax.eval_shape(encode_fn, *args).shape
   if len(latent_shape) < 2 or latent_shape[0] != batch_size:
     raise ValueError(f"encode_fn must map a batch (B, ...) to latents (B, ...); for B={batch_size} it "
                      f"returned shape {latent_shape}.")
   in_shardings = (batch_sharding,) if rng is None else (batch_sharding, replicated)
-  encode = jax.jit(encode_fn, in_shardings=in_shardings, out_shardings=replicated)
+  jitted = jax.jit(encode_fn, in_shardings=in_shardings if params is None else (replicated, *in_shardings),
+                   out_shardings=replicated)
+
+  @functools.cache
+  def encoder():  # copies the weights to the devices once, and only if something is encoded
+    return jitted if params is None else functools.partial(jitted, _replicate(params, replicated))
 
   def encoded(split):
     source = source_builder.as_data_source(split=split)
-    return _encode_split(source, encode, batch_size, batch_sharding, image_format, with_flips, rng)
+    return _encode_split(source, encoder(), batch_size, batch_sharding, image_format, with_flips, rng)
 
   features = {"latent": storage.float_feature(latent_shape[1:], latent_dtype), "label": storage.label_feature()}
   if with_flips:
