@@ -142,3 +142,27 @@ def test_latent_dataset_of_image_and_flip(tiny, tmp_path):
     np.testing.assert_allclose(record["latent_flip"], expected_flip[row], rtol=1e-5, atol=1e-5)
   # Sampled latents of an image and its mirror are not mirrors of each other (independent noise).
   assert not np.allclose(record["latent_flip"], record["latent"][:, ::-1], atol=1e-3)
+
+
+def test_extract_latents_command_reads_the_diffusers_folder(reference, tmp_path):
+  import json
+  import safetensors.numpy
+  from jdpm.data import extract_latents
+  folder = tmp_path / "tiny-vae"
+  folder.mkdir()
+  weights = {k[len("param/"):]: np.ascontiguousarray(v) for k, v in reference.items() if k.startswith("param/")}
+  safetensors.numpy.save_file(weights, folder / "diffusion_pytorch_model.safetensors")
+  (folder / "config.json").write_text(json.dumps(dict(
+      _class_name="AutoencoderKL", block_out_channels=list(TINY["block_out_channels"]), layers_per_block=1,
+      norm_num_groups=8, latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 3,
+      up_block_types=["UpDecoderBlock2D"] * 3, scaling_factor=0.18215)))
+  extract_latents.main([f"--vae={folder / 'diffusion_pytorch_model.safetensors'}", "--source=shapes/tiny",
+                        "--out=tiny_latents", f"--data-dir={tmp_path / 'data'}", "--batch-size=16",
+                        "--splits=test", "--mean"])
+  latents = data.data_source("tiny_latents", "test", data_dir=tmp_path / "data")
+  assert len(latents) == 100 and latents[0]["latent"].shape == (8, 8, 4)
+  # --mean: the stored latent is the scaled posterior mean of the centred image.
+  model, variables = convert.vae_from_diffusers(folder / "diffusion_pytorch_model.safetensors")
+  image = data.data_source("shapes/tiny", "test", data_dir=tmp_path / "data")[3]["image"]
+  expected = model.encode_latents(variables, image[None].astype(np.float32) / 127.5 - 1)[0]
+  np.testing.assert_allclose(latents[3]["latent"], expected, rtol=1e-5, atol=1e-5)
