@@ -227,6 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                   disable=jax.process_index() != 0)
   step = start
+  budget = config.get("time_budget_s", 0) or None  # wall-clock seconds of training, compilation excluded
+  clock = None
   with preemption.PreemptionGuard() as guard:
     while step < config.total_steps:
       batch = parallel.global_batch(next(data_iter), trainer.mesh)
@@ -249,6 +251,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
       if guard.should_stop_all():
         log.warning("stop requested (signal); saving step %d and exiting", step)
         break
+      if budget is not None:
+        if clock is None:  # start the clock after the first (compiling) step
+          jax.block_until_ready(state.step)
+          clock = time.time()
+        elif time.time() - clock >= budget:
+          log.info("time budget of %.0f s spent at step %d; saving and stopping", budget, step)
+          break
     if pending is not None:
       _log(writer, bar, *pending)
     ckpt.save(step, state, data_iter, force=True)
