@@ -91,6 +91,7 @@ def main():
       images = generate.sample_images(
           model, variables, labels, jax.random.key(args.seed + 1), sampler="unipc", steps=10, order=s.order,
           cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels, amm=amm, cfg_scale_pow=generate.guidance_power(s),
+          clip_denoised=s.get("clip_denoised", False),
           learn_sigma=True, num_timesteps=config.diffusion.num_timesteps,
           beta_schedule=config.diffusion.beta_schedule)
       metrics = proxy.proxy_metrics(generate.host_array(images), labels, classifier=classifier,

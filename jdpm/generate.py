@@ -30,8 +30,7 @@ def _apply_fn(model, amm):
 
 def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
                   cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=True,
-                  num_timesteps=1000,
-                  beta_schedule="linear", mesh=None):
+                  num_timesteps=1000, beta_schedule="linear", clip_denoised=False, mesh=None):
   """Draws one sample per label.
 
   Args:
@@ -52,6 +51,10 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
     amm: turn on the Attention Modulation Matrix (EDT and models built with amm_blocks).
     learn_sigma: the model outputs 2C channels (eps and variance).
     num_timesteps, beta_schedule: the training diffusion.
+    clip_denoised: keep the data predictions inside [-1, 1], for pixel-space models whose data is bounded:
+      dynamic thresholding (ratio 0.995, as DPM-Solver++ for pixel models) for the ODE samplers, clipping
+      for ddpm. Early in training a model's noise predictions at high noise are poor, and without this the
+      1/alpha amplification of their error saturates the colours. Latent models use False.
     mesh: shard the batch over this mesh (default: all devices).
   Returns:
     (B, H, W, C) float32 samples in the model's data space (images in [-1, 1] for pixel models).
@@ -81,7 +84,7 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
                                                diffusion_steps=num_timesteps, learn_sigma=learn_sigma)
     kwargs = dict(variables=variables, y=labels, scale=jnp.float32(cfg_scale))
     return diffusion_lib.ddpm_sample(_ddpm_model_fn(apply_fn, guided, null_label, cfg_channels, learn_sigma),
-                                     diffusion, x_T, rng_steps, model_kwargs=kwargs)
+                                     diffusion, x_T, rng_steps, model_kwargs=kwargs, clip_denoised=clip_denoised)
 
   betas = diffusion_lib.named_beta_schedule(beta_schedule, num_timesteps)
   sched = diffusion_lib.VPSchedule.discrete(betas)
@@ -90,8 +93,13 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
       guidance_scale=cfg_scale if guided else None, null_label=null_label if guided else None,
       guided_channels=cfg_channels, guidance_window=guidance_window if guided else None,
       scale_pow=cfg_scale_pow if guided else None)
+  extra = {}
+  if clip_denoised:
+    if sampler == "dpm_solver":
+      raise ValueError("clip_denoised needs data predictions: use dpm_solver++ (or unipc, ddim) instead of dpm_solver.")
+    extra = dict(thresholding=True, prediction="data")
   return samplers.sample(noise_fn, sched, x_T, method=sampler, steps=steps, order=order,
-                         skip_type="time_uniform")
+                         skip_type="time_uniform", **extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,7 +162,7 @@ def training_sample_grid(trainer, state, step, path):
   images = sample_images(trainer.model, {"params": state.ema_params}, labels, jax.random.key(config.seed),
                          sampler=s.sampler, steps=s.steps, order=s.order, cfg_scale=s.cfg_scale,
                          cfg_channels=s.cfg_channels, amm=s.get("amm", False),
-                         cfg_scale_pow=guidance_power(s),
+                         cfg_scale_pow=guidance_power(s), clip_denoised=s.get("clip_denoised", False),
                          learn_sigma=config.model.get("learn_sigma", True),
                          num_timesteps=config.diffusion.num_timesteps,
                          beta_schedule=config.diffusion.beta_schedule, mesh=trainer.mesh)
