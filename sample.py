@@ -7,6 +7,18 @@
 
 Writes a PNG grid (one column per class) and an .npz beside it with the raw samples and their labels.
 The batch is sharded over all devices.
+
+Evaluation (FID, sFID, Inception Score, precision, recall), features computed on the fly, no PNGs:
+
+  python sample.py --workdir=runs/dit_xl --vae=sd-vae-ft-ema/diffusion_pytorch_model.safetensors \
+      --num-samples=50000 --batch-size=250 --eval-stats=VIRTUAL_imagenet256_labeled.npz \
+      --inception-weights=pt_inception-2015-12-05-6726825d.pth
+  python sample.py --workdir=runs/tiny --num-samples=2000 --eval-stats=runs/shapes_ref.npz
+
+With --eval-features=proxy (the default for the built-in shapes/digits data) the features come from jdpm's
+small classifier of that dataset ("shapes-FID", see jdpm.eval.proxy) and the class accuracy of the samples
+is reported too. A missing --eval-stats file is computed from the real images of --eval-dataset (default:
+the run's dataset) and saved. An interrupted evaluation resumes from OUT.eval_state.npz.
 """
 
 import argparse
@@ -44,7 +56,23 @@ def parse_args(argv=None):
   s.add_argument("--num-samples", type=int, default=None, help="number of samples (multiple of devices)")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", default=None, help="output PNG (default: WORKDIR/samples/sample.png)")
+  s.add_argument("--vae", default=None,
+                 help="diffusers AutoencoderKL weights (.safetensors/.bin) to decode latent samples to images")
+  e = p.add_argument_group("evaluation (FID, sFID, IS, precision, recall)")
+  e.add_argument("--eval-stats", default=None,
+                 help="reference statistics .npz (ADM layout); computed from --eval-dataset if missing")
+  e.add_argument("--eval-features", choices=("inception", "proxy"), default=None,
+                 help="feature network (default: proxy for shapes/digits, else inception)")
+  e.add_argument("--eval-dataset", default=None, help="real images for a missing --eval-stats file "
+                 "(default: the run's dataset)")
+  e.add_argument("--eval-reference-images", type=int, default=None,
+                 help="how many real images make the reference (default: the whole train split)")
+  e.add_argument("--inception-weights", default=None,
+                 help="pt_inception-2015-12-05-6726825d.pth (default $JDPM_INCEPTION_WEIGHTS)")
+  e.add_argument("--batch-size", type=int, default=100, help="samples per sampling call when evaluating")
   args = p.parse_args(argv)
+  if args.eval_stats and not args.num_samples:
+    p.error("--eval-stats needs --num-samples (the papers use 50000)")
   if bool(args.workdir) == bool(args.weights):
     p.error("give exactly one of --workdir or --weights")
   if args.weights and not args.model:
@@ -101,10 +129,90 @@ def load_weights(args):
   config = dit_config.base_config()
   config.model.name = args.model
   config.model.num_classes = args.num_classes
+  config.data.name = "imagenet2012"  # official weights are ImageNet models (used by --eval-stats)
   extra = {} if args.amm_blocks is None else {"amm_blocks": args.amm_blocks}
   model = jdpm.models.create(args.model, num_classes=args.num_classes, **extra)
   variables = jdpm.convert.from_official(args.weights, args.model, num_classes=args.num_classes, **extra)
   return config, model, variables
+
+
+def load_decoder(args, model):
+  """Latents → [-1, 1] images: the VAE's decoder for latent models, the identity for pixel models."""
+  if args.vae:
+    import jax
+    import jdpm
+    vae, vae_variables = jdpm.convert.vae_from_diffusers(args.vae)
+    return jax.jit(lambda z: vae.decode_latents(vae_variables, z))
+  if model.in_channels != 3:
+    sys.exit(f"sample.py: this model samples {model.in_channels}-channel latents; pass --vae with the "
+             "diffusers AutoencoderKL weights it was trained with (e.g. sd-vae-ft-ema's "
+             "diffusion_pytorch_model.safetensors) to decode them to images.")
+  return lambda x: x
+
+
+def evaluation_reference(args, config, extractor):
+  """The --eval-stats reference, computed from real images and saved when the file does not exist yet."""
+  from jdpm import eval as eval_lib
+  from jdpm.eval import features as features_lib
+  path = pathlib.Path(args.eval_stats)
+  if path.exists():
+    return eval_lib.load_reference(path)
+  dataset = args.eval_dataset or config.data.name
+  logging.info("%s does not exist: computing reference statistics from %s", path, dataset)
+  try:
+    reference = features_lib.dataset_reference(dataset, extractor, num_images=args.eval_reference_images,
+                                               data_dir=config.data.get("data_dir") or None)
+  except ValueError as e:
+    sys.exit(f"sample.py: cannot compute reference statistics from {dataset!r}: {e} Pass --eval-dataset "
+             "with the real image dataset, or an existing --eval-stats file.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  reference.save(path)
+  logging.info("wrote reference statistics of %d images to %s", len(reference.pool_features), path)
+  return reference
+
+
+def run_evaluation(args, config, model, variables, options, decode, out):
+  """Samples --num-samples images batch by batch and prints FID, sFID, IS, precision and recall."""
+  import jax
+  import numpy as np
+  from jdpm import generate
+  from jdpm.eval import features as features_lib
+  from jdpm.eval import sample_eval
+
+  dataset = args.eval_dataset or config.data.name
+  kind = args.eval_features or ("proxy" if dataset.split("/")[0] in ("shapes", "digits") else "inception")
+  try:
+    extractor = features_lib.make_extractor(kind, dataset=dataset, data_dir=config.data.get("data_dir") or None,
+                                            inception_weights=args.inception_weights)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"sample.py: {e}")
+  reference = evaluation_reference(args, config, extractor)
+  batch_size = args.batch_size
+  if batch_size % jax.device_count():
+    sys.exit(f"sample.py: --batch-size={batch_size} does not split over {jax.device_count()} devices.")
+  key = jax.random.key(args.seed)
+
+  def draw_batch(index):
+    label_key, sample_key = jax.random.split(jax.random.fold_in(key, index))
+    labels = np.asarray(jax.random.randint(label_key, (batch_size,), 0, model.num_classes))
+    samples = generate.sample_images(model, variables, labels, sample_key, **options)
+    return generate.to_uint8(generate.host_array(decode(samples))), labels
+
+  fingerprint = features_lib.fingerprint(args.workdir or args.weights, args.step, args.raw_params, args.seed,
+                                         sorted(options.items()), args.vae)
+  results = sample_eval.evaluate_generator(
+      draw_batch, extractor, reference, num_samples=args.num_samples, batch_size=batch_size,
+      state_path=out.with_suffix(".eval_state.npz"), fingerprint=fingerprint,
+      class_accuracy=kind == "proxy")
+  results.update(features=kind, reference=str(args.eval_stats))
+  if jax.process_index() == 0:
+    out.with_suffix(".eval.json").parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".eval.json").write_text(json.dumps(results, indent=2) + "\n")
+  names = dict(fid="FID", sfid="sFID", inception_score="IS", precision="precision", recall="recall",
+               class_accuracy="class accuracy")
+  print(" ".join(f"{names[k]} {results[k]:.4f}" for k in names if k in results)
+        + f"  ({results['num_samples']} samples, {kind} features; {out.with_suffix('.eval.json')})")
+  return results
 
 
 def main(argv=None):
@@ -115,6 +223,7 @@ def main(argv=None):
   from jdpm import generate
 
   config, model, variables = load_run(args) if args.workdir else load_weights(args)
+  decode = load_decoder(args, model) if (args.vae or args.eval_stats) else None
   s = config.sample
   num_samples = args.num_samples or s.num_samples
   labels = generate.class_grid_labels(num_samples, model.num_classes)
@@ -124,15 +233,18 @@ def main(argv=None):
       cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale,
       cfg_channels=args.cfg_channels if args.cfg_channels is not None else s.get("cfg_channels"),
       guidance_window=args.guidance_window, amm=args.amm or s.get("amm", False),
-      cfg_scale_pow=generate.guidance_power(s))
+      cfg_scale_pow=generate.guidance_power(s), clip_denoised=s.get("clip_denoised", False),
+      learn_sigma=config.model.get("learn_sigma", True),
+      num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)
+  out = pathlib.Path(args.out or pathlib.Path(args.workdir or ".") / "samples" / "sample.png")
+  if args.eval_stats:
+    return run_evaluation(args, config, model, variables, options, decode, out)
   t0 = time.time()
-  images = generate.sample_images(model, variables, labels, jax.random.key(args.seed),
-                                  learn_sigma=config.model.get("learn_sigma", True),
-                                  num_timesteps=config.diffusion.num_timesteps,
-                                  beta_schedule=config.diffusion.beta_schedule, **options)
+  images = generate.sample_images(model, variables, labels, jax.random.key(args.seed), **options)
+  if decode is not None:
+    images = decode(images)
   images = generate.host_array(images)
   elapsed = time.time() - t0
-  out = pathlib.Path(args.out or pathlib.Path(args.workdir or ".") / "samples" / "sample.png")
   if jax.process_index() == 0:
     generate.save_grid(images, out, ncol=min(model.num_classes, num_samples))
     np.savez(out.with_suffix(".npz"), samples=images, labels=labels, uint8=generate.to_uint8(images))

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 256            # global batch, split over all devices and hosts
   c.grad_accum_steps = 1
   c.total_steps = 400_000
-  c.time_budget_s = 0            # > 0: stop (and save) after this many seconds of training
+  c.time_budget_s = 0.0          # > 0: stop (and save) after this many seconds of training
   c.ema_decay = 0.9999
   c.ema_warmup = False          # True: decay min(ema_decay, (1+step)/(10+step)), for short runs
   c.compute_dtype = "float32"   # "bfloat16" for mixed precision on GPU/TPU

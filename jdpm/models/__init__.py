@@ -2,6 +2,7 @@
 
 ``create(name, **kwargs)`` builds a model: "DiT-S/2" ... "DiT-XL/8", or "DiT" with explicit
 sizes. ``count_params`` and ``count_macs`` measure a model without allocating its weights.
+``ProxyClassifier`` is the small CNN behind the CPU-sized quality metric (``jdpm.eval.proxy``).
 The Stable Diffusion VAE (``vae.AutoencoderKL``, ``vae.SD_VAE_CONFIG``) is not a denoiser and is
 built directly, not through the registry; so is the FID feature network
 ``inception.InceptionV3``.
@@ -13,11 +14,13 @@ from jdpm.models import edt
 from jdpm.models import inception
 from jdpm.models import layers
 from jdpm.models import mdt
+from jdpm.models import proxy_classifier
 from jdpm.models import vae
 from jdpm.models.counting import count_macs, count_params
 from jdpm.models.dit import DiT
 from jdpm.models.edt import EDT
 from jdpm.models.mdt import MDTv2
+from jdpm.models.proxy_classifier import ProxyClassifier
 from jdpm.models.registry import create, family_of, known_names, register, resolve
 from jdpm.models.vae import AutoencoderKL
 
@@ -27,6 +30,6 @@ register("EDT", EDT, edt.PRESETS,
          defaults=dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True))
 register("MDTv2", MDTv2, mdt.PRESETS, defaults=mdt.DEFAULTS)
 
-__all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "amm", "count_macs", "count_params", "create",
-           "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt", "register",
-           "resolve", "vae"]
+__all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "ProxyClassifier", "amm", "count_macs", "count_params",
+           "create", "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt",
+           "proxy_classifier", "register", "resolve", "vae"]
