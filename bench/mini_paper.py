@@ -123,8 +123,8 @@ def main():
       f"{'holds' if ranking and ranking[0] == 'EDT' else 'does not hold'} here. ")
   if edt_amm:
     delta = amm_effect["EDT"] - best["EDT"]
-    body += (f"AMM on EDT changes shapes-FID by {delta:+.2f} "
-             f"({'helps' if delta < 0 else 'does not help'} at this scale).")
+    verdict = "no measurable effect" if abs(delta) < 0.05 else ("helps" if delta < 0 else "does not help")
+    body += f"AMM on EDT changes shapes-FID by {delta:+.2f} ({verdict} at this scale)."
   if args.no_record:
     print(body)
   else:
