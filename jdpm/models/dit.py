@@ -48,6 +48,7 @@ class DiTBlock(nn.Module):
     ``modulation`` is an optional post-softmax attention modulation matrix broadcastable to
     (B, H, N, N) (e.g. an Attention Modulation Matrix), passed to ``layers.Attention``.
     """
+    x = layers.residual_barrier(x)
     d = self.hidden_size
     mod = nn.Dense(6 * d, dtype=self.dtype, kernel_init=layers.zeros,
                    name="adaLN_modulation_1")(nn.silu(c))

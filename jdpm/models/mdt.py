@@ -125,6 +125,7 @@ class MDTBlock(nn.Module):
 
     ``ids_keep``, ``slot_valid`` and ``modulation`` are passed to `MDTAttention`.
     """
+    x = layers.residual_barrier(x)
     d = self.hidden_size
     if self.skip:
       if skip is None:
