@@ -80,7 +80,7 @@ def main():
     infer_mfu = infer_ips * 2 * gmacs * 1e9 / peak
     rows.append(f"| {args.model} | {b} | {args.dtype} | {train_ips:.2f} | {train_mfu:.1%} | {infer_ips:.2f} | "
                 f"{infer_mfu:.1%} |")
-  body = (f"Peak ({args.dtype} {2048}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
+  body = (f"Peak ({args.dtype} {common.peak_matmul_size()}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
           f"Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
   if args.no_record:
     print(body)
