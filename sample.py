@@ -49,7 +49,9 @@ def parse_args(argv=None):
   s.add_argument("--cfg-channels", type=int, default=None, help="guide only the first k channels (-1 all)")
   s.add_argument("--guidance-window", default=None,
                  help="lo,hi: guide only this fraction of the steps, e.g. 0,0.4 (T2I acceleration)")
-  s.add_argument("--amm", action="store_true", help="turn on the Attention Modulation Matrix")
+  s.add_argument("--amm", action=argparse.BooleanOptionalAction, default=None,
+                 help="Attention Modulation Matrix on (--amm) or off (--no-amm); default: the config's "
+                      "sample.amm (on for the EDT configs, as the paper samples)")
   s.add_argument("--amm-blocks", default=None,
                  help="comma-separated block indices for --amm (default: the model's amm_blocks); AMM has "
                       "no parameters, so any checkpoint can be sampled with any placement")
@@ -232,7 +234,7 @@ def main(argv=None):
       order=args.order if args.order is not None else s.get("order"),
       cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale,
       cfg_channels=args.cfg_channels if args.cfg_channels is not None else s.get("cfg_channels"),
-      guidance_window=args.guidance_window, amm=args.amm or s.get("amm", False),
+      guidance_window=args.guidance_window, amm=args.amm if args.amm is not None else s.get("amm", False),
       cfg_scale_pow=generate.guidance_power(s), clip_denoised=s.get("clip_denoised", False),
       learn_sigma=config.model.get("learn_sigma", True),
       num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)

@@ -306,13 +306,13 @@ def test_objective_is_full_plus_masked_loss():
   _, _, (perm_losses, perm_aux) = reference_and_objective(
       params, jax.tree.map(lambda a: a[perm], batch))
   np.testing.assert_allclose(perm_losses, losses[perm], rtol=1e-5)
-  np.testing.assert_allclose(perm_aux["m_mse"], aux["m_mse"][perm], rtol=1e-5)
+  np.testing.assert_allclose(perm_aux["masked_mse"], aux["masked_mse"][perm], rtol=1e-5)
   np.testing.assert_allclose(losses, (full["loss"] + masked["loss"]) * batch["weights"], rtol=1e-5)
   np.testing.assert_allclose(aux["raw_loss"], full["loss"] + masked["loss"], rtol=1e-5)
-  np.testing.assert_allclose(aux["m_mse"], masked["mse"], rtol=1e-5)
+  np.testing.assert_allclose(aux["masked_mse"], masked["mse"], rtol=1e-5)
   np.testing.assert_allclose(aux["mse"], full["mse"], rtol=1e-5)
   np.testing.assert_allclose(aux["mask_ratio"], 1 - kept / 16)
-  assert np.max(np.abs(aux["m_mse"] - aux["mse"])) > 1e-3
+  assert np.max(np.abs(aux["masked_mse"] - aux["mse"])) > 1e-3
 
 
 def test_objective_needs_mask_ratio():
