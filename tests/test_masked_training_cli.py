@@ -41,6 +41,8 @@ def test_tiny_config_trains_masked_and_samples_with_and_without_amm(tmp_path, fa
   # Both passes of the masking objective ran and were logged; the total is their sum.
   assert {"loss_full", "loss_masked"} <= set(logged[-1])
   assert all(np.isfinite(r["loss_masked"]) and r["loss_masked"] > 0 for r in logged)
+  for r in logged:
+    assert r["raw_loss"] == pytest.approx(r["loss_full"] + r["loss_masked"], rel=1e-5)
 
   outputs = {}
   for amm in (False, True):

@@ -166,13 +166,7 @@ class EDTMaskingObjective(DenoisingObjective):
                         down_keep=masked["down_keep"])
     if "mid_keep" in masked:
       masked_batch["mid_keep"] = masked["mid_keep"]
-    full_losses, full_aux = super().per_example_loss(params, full_batch)
-    masked_losses, masked_aux = super().per_example_loss(params, masked_batch)
-    aux = dict(full_aux)
-    aux.update({f"masked_{k}": v for k, v in masked_aux.items() if k != "raw_loss"})
-    aux.update(loss_full=full_aux["raw_loss"], loss_masked=masked_aux["raw_loss"],
-               raw_loss=full_aux["raw_loss"] + masked_aux["raw_loss"])
-    return full_losses + masked_losses, aux
+    return self.full_plus_masked_loss(params, full_batch, masked_batch)
 
 
 OBJECTIVES = {"edt_masking": EDTMaskingObjective}

@@ -123,15 +123,9 @@ class MaskedDenoisingObjective(DenoisingObjective):
     full_batch = {k: v for k, v in batch.items() if k not in MASKED_PASS_KEYS}
     masked_batch = dict(full_batch, token_mask=batch["token_mask"], noise=batch["mask_noise"],
                         drop=batch["mask_drop"])
-    full_losses, full_aux = super().per_example_loss(params, full_batch)
-    masked_losses, masked_aux = super().per_example_loss(params, masked_batch)
-    aux = {k: v for k, v in full_aux.items() if k != "raw_loss"}
-    aux.update({f"masked_{k}": v for k, v in masked_aux.items() if k != "raw_loss"})
-    # The timestep sampler's loss history sees the sum of both passes, as the official loop.
-    aux.update(loss_full=full_aux["raw_loss"], loss_masked=masked_aux["raw_loss"],
-               raw_loss=full_aux["raw_loss"] + masked_aux["raw_loss"])
+    losses, aux = self.full_plus_masked_loss(params, full_batch, masked_batch)
     aux["mask_ratio"] = jnp.mean(batch["token_mask"].astype(jnp.float32), axis=1)
-    return full_losses + masked_losses, aux
+    return losses, aux
 
 
 __all__ = ["MASKED_PASS_KEYS", "MaskedDenoisingObjective", "draw_token_mask"]

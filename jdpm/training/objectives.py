@@ -62,5 +62,20 @@ class DenoisingObjective:
     aux = {k: v.astype(jnp.float32) for k, v in terms.items() if k != "loss"}
     return losses * batch["weights"], dict(aux, raw_loss=losses)
 
+  def full_plus_masked_loss(self, params, full_batch, masked_batch):
+    """The masking objectives' loss: this objective's loss on a full pass plus on a masked pass.
+
+    Returns (B,) losses and the full pass's auxiliary values, the masked pass's as ``masked_*``,
+    ``loss_full`` and ``loss_masked`` (unweighted), and ``raw_loss`` = their sum, which the timestep
+    sampler's loss history sees (as the official training loops).
+    """
+    full_losses, full_aux = DenoisingObjective.per_example_loss(self, params, full_batch)
+    masked_losses, masked_aux = DenoisingObjective.per_example_loss(self, params, masked_batch)
+    aux = {k: v for k, v in full_aux.items() if k != "raw_loss"}
+    aux.update({f"masked_{k}": v for k, v in masked_aux.items() if k != "raw_loss"})
+    aux.update(loss_full=full_aux["raw_loss"], loss_masked=masked_aux["raw_loss"],
+               raw_loss=full_aux["raw_loss"] + masked_aux["raw_loss"])
+    return full_losses + masked_losses, aux
+
   def update_extra(self, extra, batch, losses, aux):
     return self.sampler.update(extra, batch["t"], jax.lax.stop_gradient(aux["raw_loss"]))
