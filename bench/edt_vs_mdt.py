@@ -19,7 +19,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 
 from bench import common  # noqa: E402
 from bench.train_throughput import measure  # noqa: E402
-from jdpm.training.masking import EDTMaskingObjective  # noqa: E402
+from jdpm.training.edt_masking import EDTMaskingObjective  # noqa: E402
 from jdpm.training.mdt_masking import MaskedDenoisingObjective  # noqa: E402
 from jdpm.training.objectives import DenoisingObjective  # noqa: E402
 

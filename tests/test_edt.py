@@ -23,7 +23,7 @@ import jdpm
 from jdpm.diffusion.gaussian import create_diffusion
 from jdpm.models import edt
 from jdpm.models.relative_position import RelativePositionBias, relative_position_index
-from jdpm.training.masking import EDTMaskingObjective, draw_keep_mask
+from jdpm.training.edt_masking import EDTMaskingObjective, draw_keep_mask
 from jdpm.training.objectives import DenoisingObjective
 
 DATA = pathlib.Path(__file__).parent / "data"

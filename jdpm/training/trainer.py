@@ -88,7 +88,7 @@ def make_objective(config, model):
   if name == "denoising":
     return objectives.DenoisingObjective(**common)
   if name == "edt_masking":
-    from jdpm.training import masking
+    from jdpm.training import edt_masking as masking
     return masking.EDTMaskingObjective.from_config(model, diffusion, config)
   if name == "mdt_masking":
     from jdpm.training import mdt_masking
