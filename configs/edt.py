@@ -15,7 +15,7 @@
 Override any field on the command line: ``--config=configs/edt.py:S --config.batch_size=32``.
 
 The trainer builds the objective named by ``config.objective`` ("edt_masking") with
-``jdpm.training.masking.EDTMaskingObjective.from_config(model, diffusion, config)``.
+``jdpm.training.edt_masking.EDTMaskingObjective.from_config(model, diffusion, config)``.
 """
 
 import ml_collections
@@ -38,7 +38,7 @@ def stage_widths(hidden_size):
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = base_config()
-  c.objective = "edt_masking"     # full pass + masked pass (jdpm.training.masking)
+  c.objective = "edt_masking"     # full pass + masked pass (jdpm.training.edt_masking)
   c.masking = ml_collections.ConfigDict(dict(
       down_mask_ratios=((0.4, 0.5), (0.1, 0.2)),  # drop-probability range per down-sampling
       mid_mask_ratio=None))                        # (low, high) for EDT-XL, else None

@@ -18,7 +18,7 @@ with widths D0·(1, 4/3, 5/3, 4/3, 1):
   matching up-sampling: concat([up, skip]) → modulated LayerNorm → Linear → + sin-cos table.
 * The Attention Modulation Matrix (``jdpm.models.amm``) is an apply-time switch, ``amm=True``,
   for the blocks in ``amm_blocks``.
-* Masked training (``jdpm.training.masking``): explicit keep masks for the down-sampling modules
+* Masked training (``jdpm.training.edt_masking``): explicit keep masks for the down-sampling modules
   (``down_keep``) and for the position-embedding replacement in the first stage (``mid_keep``).
 
 Submodule and parameter names follow the official state dict (``blocks_<i>``, ``down_blocks_<k>``,
