@@ -15,6 +15,7 @@ from jdpm.models import inception
 from jdpm.models import layers
 from jdpm.models import mdt
 from jdpm.models import proxy_classifier
+from jdpm.models import unet
 from jdpm.models import vae
 from jdpm.models.counting import count_macs, count_params
 from jdpm.models.dit import DiT
@@ -29,7 +30,9 @@ register("DiT", DiT, dit.PRESETS,
 register("EDT", EDT, edt.PRESETS,
          defaults=dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True))
 register("MDTv2", MDTv2, mdt.PRESETS, defaults=mdt.DEFAULTS)
+# diffusers UNets: create("SD1.5-UNet"), or create("UNet", class_name=..., **diffusers config).
+register("UNet", unet.make_unet, unet.PRESETS)
 
 __all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "ProxyClassifier", "amm", "count_macs", "count_params",
            "create", "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt",
-           "proxy_classifier", "register", "resolve", "vae"]
+           "proxy_classifier", "register", "resolve", "unet", "vae"]
