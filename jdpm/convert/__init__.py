@@ -9,16 +9,21 @@ frozen buffers.
 ``vae_from_diffusers(state_dict_or_path, **config)`` reads diffusers ``AutoencoderKL`` weights
 (the Stable Diffusion VAE) into ``(model, variables)``. ``inception.load_variables(path)`` reads
 pytorch-fid's FID Inception weights for ``jdpm.models.inception.InceptionV3``.
+
+``from_diffusers(path_or_state_dict, ...)`` reads diffusers/transformers folders (UNet2DModel,
+UNet2DConditionModel, AutoencoderKL, CLIPTextModel, or a whole pipeline) into ``(model, variables)``.
 """
 
 import jax
 import jax.numpy as jnp
 
 from jdpm import models
+from jdpm.convert import diffusers
 from jdpm.convert import dit
 from jdpm.convert import edt
 from jdpm.convert import inception
 from jdpm.convert import mdt
+from jdpm.convert.diffusers import from_diffusers
 from jdpm.convert.mapping import map_state_dict, to_flax_layout, torch_key_to_path
 from jdpm.convert.state_dict import load_state_dict
 from jdpm.convert.torch_pickle import load_torch_checkpoint
@@ -65,6 +70,6 @@ register_converter("DiT", dit.convert_dit)
 register_converter("EDT", edt.convert_edt)
 register_converter("MDTv2", mdt.convert_mdt)
 
-__all__ = ["from_official", "inception", "load_state_dict", "load_torch_checkpoint",
+__all__ = ["diffusers", "from_diffusers", "from_official", "inception", "load_state_dict", "load_torch_checkpoint",
            "map_state_dict", "register_converter", "to_flax_layout", "torch_key_to_path",
            "vae_from_diffusers"]
