@@ -17,6 +17,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jdpm
 from jdpm.diffusion import VPSchedule
 
+# Some configurations here keep a long last step at full order (lower_order_final=False), which `sample`
+# reports; the final-step rule itself is tested in test_sampler_final_step.py.
+pytestmark = pytest.mark.filterwarnings("ignore::jdpm.samplers.sampling.LongFinalStepWarning")
+
 sample = jdpm.samplers.sample
 DOC_CALL = dict(method="unipc", steps=10, order=3, variant="bh2", prediction="data", skip_type="logSNR",
                 lower_order_final=True, t_start=1.0, t_end=1e-3)

@@ -1,8 +1,10 @@
 """DPM-Solver (noise prediction) and DPM-Solver++ (data prediction), multistep and singlestep, orders 1-3.
 
 Multistep (Lu et al. 2022, "DPM-Solver++"): each step reuses the model outputs of the previous grid points;
-the first steps warm up with orders 1, 2, ..; with lower_order_final and fewer than 10 steps the last steps use
-min(order, steps remaining) (the authors' rule, kept so that results match theirs). NFE = steps.
+the first steps warm up with orders 1, 2, ... The final steps follow `lower_order_final` (see
+`timesteps`): "authors" lowers them to min(order, steps remaining) on grids of fewer than 10 steps, as the
+authors' code does (so that results match theirs); True (the default) also takes any step more than twice as
+long in lambda as the previous one (the last step of time grids) at first order. NFE = steps.
 
 Singlestep (Lu et al. 2022, "DPM-Solver"): each outer step s -> t evaluates the model at s and at
 intermediate times s_1, s_2 placed at fractions r_1, r_2 of the step in lambda (taken from the spacing of
@@ -19,6 +21,7 @@ from jdpm.samplers.plan import Lin, Program, m, select, x_cur, x_in
 
 SOLVER_TYPES = ("dpmsolver", "taylor")
 MAX_ORDER = 3
+AUTHORS_SHORT_GRID = 10
 
 
 def _phis(xp, h, predict_x0):
@@ -67,16 +70,19 @@ def multistep_program(view, *, steps, order, predict_x0, skip_type, t_start, t_e
   """Multistep DPM-Solver(++) as a `Program` (steps evaluations)."""
   grid = timesteps_lib.time_grid(view, skip_type, t_start, t_end, steps)
   pts = integrator.points(view, grid)
+  xp = view.xp
+  nominal = timesteps_lib.multistep_orders(steps, order, lower_order_final, AUTHORS_SHORT_GRID)
+  long_steps = timesteps_lib.long_steps(xp, [p.lam for p in pts]) if lower_order_final is True else None
   inputs, updates, orders = [x_cur()], [x_in()], []
   final = None
   for i in range(1, steps + 1):
-    if i < order:
-      step_order = i
-    elif lower_order_final and steps < 10:
-      step_order = min(order, steps + 1 - i)
-    else:
-      step_order = order
-    lin = multistep_step(view.xp, pts[i - 1::-1], pts[i], step_order, predict_x0, solver_type)
+    step_order = nominal[i - 1]
+    lin = multistep_step(xp, pts[i - 1::-1], pts[i], step_order, predict_x0, solver_type)
+    if long_steps is not None and step_order > 1:
+      # A long step extrapolates the last outputs far beyond their spacing: take it at first order.
+      lin = select(xp, long_steps[i - 1], integrator.first_order(xp, pts[i - 1], pts[i], predict_x0), lin)
+      if view.host and long_steps[i - 1]:
+        step_order = 1
     orders.append(step_order)
     if i < steps:
       inputs.append(lin)

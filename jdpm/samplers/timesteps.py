@@ -1,14 +1,36 @@
-"""Time grids for the fast samplers, and DPM-Solver's singlestep order allocation.
+"""Time grids for the fast samplers, the orders of multistep steps, and DPM-Solver's singlestep allocation.
 
 Grids run from t_start (noisy) down to t_end. Three spacings, as in DPM-Solver and UniPC:
   * "logSNR": uniform in lambda = log(alpha / sigma) (recommended for low-resolution pixel models),
   * "time_uniform": uniform in t (recommended for high-resolution and latent models),
   * "time_quadratic": uniform in sqrt(t), then squared (DDIM's low-resolution choice).
+
+The final-step rule of the multistep methods (`lower_order_final`). A multistep step of order k
+extrapolates the model outputs of the last k grid points, spaced h_{i-1}, h_{i-2}, .. in lambda, over its
+own length h_i; the extrapolated terms grow like (h_i / h_{i-1})^(k-1), while a first-order step only
+holds the last output (its error is bounded by how much the data prediction changes). Time grids end
+with a step much longer in lambda than the others (lambda ~ -log(t) / 2 near t = 0), the more so the
+smaller t_end: h_last / h_prev ~ 3.5-5 at t_end = 1e-3 (10-50 steps), ~ 9 at 1e-6, ~ 20 at 1e-12.
+Measured on an analytic Gaussian mixture (exact ODE solution; 3 schedules, 3 grids, t_end 1e-3 .. 1e-12,
+10-50 steps, DPM-Solver(++) orders 2 and 3 with a full-order last step), such a step never lost to DDIM
+while h_last / h_prev < 2, lost in 1 of 36 cases between 2 and 3, and in 21-100% of the cases above 3
+(more often the longer the step), by up to 190x. Hence:
+  True (default): any step longer than LONG_STEP_RATIO = 2 times the previous one (on these grids only the
+    last step ever is) is taken at first order, on top of the authors' short-grid rule below;
+  "authors": the authors' rule only: UniPC always lowers the final steps (step i uses
+    min(order, steps + 1 - i)), DPM-Solver multistep only on grids of fewer than 10 steps;
+  False: the final steps keep the full order (for convergence studies).
+diffusers lowers DPM-Solver++'s last steps below 15 steps; at 10-14 steps on logSNR grids, whose steps are
+all equally long, that cost accuracy here (DPM-Solver++(3M), 10 steps: max error 0.14 instead of 0.085),
+so the short-grid threshold stays the authors' 10.
 """
 
 import numpy as np
 
 SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
+LOWER_ORDER_FINAL = (True, "authors", False)
+# A step longer in lambda than LONG_STEP_RATIO times the previous one is taken at first order (True).
+LONG_STEP_RATIO = 2.0
 
 
 def linspace(xp, start, stop, num):
@@ -95,3 +117,44 @@ def singlestep_grid(view, skip_type, t_start, t_end, steps, order, fixed):
     index += o
     starts.append(index)
   return fine[view.xp.asarray(starts)], orders
+
+
+def check_lower_order_final(value):
+  """The canonical `lower_order_final`: True, "authors" or False (NumPy booleans accepted)."""
+  if isinstance(value, str) and value == "authors":
+    return value
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  raise ValueError(f"lower_order_final must be True, 'authors' or False; got {value!r}.")
+
+
+def multistep_orders(steps, order, lower_order_final, short_grid):
+  """The order of each of the `steps` steps of a multistep method, before the long-step rule.
+
+  Steps 1, 2, .. warm up with orders 1, 2, .. (no earlier outputs yet). On a short grid, fewer than
+  `short_grid` steps (None: any grid), the final steps use min(order, steps + 1 - i) when lower_order_final
+  is True or "authors", as in the authors' code; with False they keep the full order.
+  Args:
+    steps, order: the number of steps and the method's order.
+    lower_order_final: True, "authors" or False (see the module docstring).
+    short_grid: the authors' threshold (DPM-Solver: 10; UniPC: None).
+  Returns:
+    a list of `steps` ints.
+  """
+  short = lower_order_final is not False and (short_grid is None or steps < short_grid)
+  return [min(i, order, steps + 1 - i) if short else min(i, order) for i in range(1, steps + 1)]
+
+
+def long_steps(xp, lams):
+  """Which steps are long in lambda: h_i > LONG_STEP_RATIO * h_{i-1}, or h_i not finite (sigma_end = 0).
+
+  Args:
+    lams: the S + 1 lambdas of the grid (scalars, NumPy or traced).
+  Returns:
+    a list of S booleans (NumPy or traced); the first step is never long.
+  """
+  out = [xp.asarray(False)]
+  for i in range(1, len(lams) - 1):
+    h, h_prev = lams[i + 1] - lams[i], lams[i] - lams[i - 1]
+    out.append(xp.logical_not(h <= LONG_STEP_RATIO * h_prev))
+  return out

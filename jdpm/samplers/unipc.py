@@ -16,7 +16,9 @@ As in the authors' code, order-2 predictors and order-1 correctors use the fixed
 
 m_t, the model output at the predicted x_t, is reused as the history value of t, so the corrector costs no
 extra evaluation; the last step has no corrector. Warm-up steps use orders 1, 2, ..; with
-lower_order_final the last steps use min(order, steps remaining).
+lower_order_final True or "authors" the last steps use min(order, steps remaining), as in the authors' code;
+True (the default) also takes any step more than twice as long in lambda as the previous one at first order
+(predictor UniP-1 and corrector UniC-1; see `timesteps`).
 """
 
 from jdpm.samplers import integrator
@@ -97,14 +99,20 @@ def program(view, *, steps, order, variant, predict_x0, skip_type, t_start, t_en
   xp = view.xp
   inputs, updates, orders = [x_cur()], [x_in()], []
   final = None
+  nominal = timesteps_lib.multistep_orders(steps, order, lower_order_final, None)
+  long_steps = timesteps_lib.long_steps(xp, [p.lam for p in pts]) if lower_order_final is True else None
   for i in range(1, steps + 1):
-    if i < order:
-      step_order = i
-    else:
-      step_order = min(order, steps + 1 - i) if lower_order_final else order
+    step_order = nominal[i - 1]
     use_corrector = i < steps and (i - 1) not in disable_corrector
     history = pts[i - 1::-1]
     predictor, corrector = step(xp, history, pts[i], step_order, variant, predict_x0, use_corrector)
+    if long_steps is not None and step_order > 1:
+      # A long step extrapolates the last outputs far beyond their spacing: take it at first order.
+      low_p, low_c = step(xp, history, pts[i], 1, variant, predict_x0, use_corrector)
+      predictor = select(xp, long_steps[i - 1], low_p, predictor)
+      corrector = corrector if corrector is None else select(xp, long_steps[i - 1], low_c, corrector)
+      if view.host and long_steps[i - 1]:
+        step_order = 1
     orders.append(step_order)
     if i < steps:
       inputs.append(predictor)
