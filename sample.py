@@ -94,41 +94,27 @@ def parse_args(argv=None):
 
 
 def load_run(args):
-  """(config, model, variables) from a workdir's config and checkpoint."""
-  import ml_collections
-  from jdpm import data as data_lib
-  from jdpm.training import checkpoint as checkpoint_lib
+  """(config, model, variables) from a workdir's config and checkpoint (read only)."""
+  from jdpm.training import run as run_lib
   from jdpm.training import trainer as trainer_lib
 
-  workdir = pathlib.Path(args.workdir)
-  if args.config:
-    config = trainer_lib.load_config(args.config)
-  elif (workdir / "config.json").exists():
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  else:
-    sys.exit(f"sample.py: {workdir} has no config.json; is it a train.py workdir? Pass --config if so.")
-  info = data_lib.dataset_info(config.data.name, data_dir=config.data.data_dir or None)
-  trainer = trainer_lib.Trainer.from_config(config, info)
-  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
-  restored = ckpt.restore(trainer.abstract_state, step=args.step)
-  ckpt.close()
-  if restored is None:
-    sys.exit(f"sample.py: no checkpoint in {workdir / 'checkpoints'}; train first with train.py.")
-  state, step = restored
-  logging.info("loaded step %d from %s", step, workdir)
-  params = state.params if args.raw_params else state.ema_params
-  model = trainer.model
+  try:
+    config = trainer_lib.load_config(args.config) if args.config else None
+    config, model, variables, step = run_lib.restore(args.workdir, step=args.step, raw_params=args.raw_params,
+                                                     config=config)
+  except run_lib.ConfigError as e:
+    sys.exit(f"sample.py: {e}")
+  logging.info("loaded step %d from %s", step, args.workdir)
   if args.amm_blocks is not None:
     model = model.clone(amm_blocks=args.amm_blocks)
-  return config, model, {"params": params}
+  return config, model, variables
 
 
 def load_weights(args):
   """(config, model, variables) for converted official weights."""
   import jdpm
-  sys.path.insert(0, str(HERE))
-  from configs import dit as dit_config
-  config = dit_config.base_config()
+  from jdpm.training import trainer as trainer_lib
+  config = trainer_lib.load_config(str(HERE / "configs" / "dit.py:XL"))
   config.model.name = args.model
   config.model.num_classes = args.num_classes
   config.data.name = "imagenet2012"  # official weights are ImageNet models (used by --eval-stats)
@@ -226,18 +212,11 @@ def main(argv=None):
 
   config, model, variables = load_run(args) if args.workdir else load_weights(args)
   decode = load_decoder(args, model) if (args.vae or args.eval_stats) else None
-  s = config.sample
-  num_samples = args.num_samples or s.num_samples
+  num_samples = args.num_samples or config.sample.num_samples
   labels = generate.class_grid_labels(num_samples, model.num_classes)
-  options = dict(
-      sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
-      order=args.order if args.order is not None else s.get("order"),
-      cfg_scale=args.cfg_scale if args.cfg_scale is not None else s.cfg_scale,
-      cfg_channels=args.cfg_channels if args.cfg_channels is not None else s.get("cfg_channels"),
-      guidance_window=args.guidance_window, amm=args.amm if args.amm is not None else s.get("amm", False),
-      cfg_scale_pow=generate.guidance_power(s), clip_denoised=s.get("clip_denoised", False),
-      learn_sigma=config.model.get("learn_sigma", True),
-      num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)
+  options = generate.sample_options(
+      config, sampler=args.sampler, steps=args.steps, order=args.order, cfg_scale=args.cfg_scale,
+      cfg_channels=args.cfg_channels, guidance_window=args.guidance_window, amm=args.amm)
   out = pathlib.Path(args.out or pathlib.Path(args.workdir or ".") / "samples" / "sample.png")
   if args.eval_stats:
     return run_evaluation(args, config, model, variables, options, decode, out)

@@ -1,4 +1,4 @@
-"""Train a diffusion transformer.
+"""Train a diffusion model.
 
   python train.py --config=configs/dit.py:tiny --workdir=runs/tiny
   python train.py --config=configs/dit.py:XL --workdir=gs://bucket/dit_xl --config.batch_size=512
@@ -33,10 +33,8 @@ def main(argv):
   from jdpm import generate, parallel
   from jdpm.training import trainer
 
-  if FLAGS.distributed:
-    import os
-    os.environ["JDPM_DISTRIBUTED"] = "1"
-  parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                                  force=FLAGS.distributed)
   try:
     trainer.train(FLAGS.config, FLAGS.workdir, sample_fn=generate.training_sample_grid)
   except trainer.ConfigError as e:

@@ -14,13 +14,14 @@
         the preset's AMM blocks. Needs the latent dataset ``imagenet2012_latents`` (see README).
 Override any field on the command line: ``--config=configs/edt.py:S --config.batch_size=32``.
 
-The trainer builds the objective named by ``config.objective`` ("edt_masking") with
-``jdpm.training.edt_masking.EDTMaskingObjective.from_config(model, diffusion, config)``.
+The trainer builds the objective named by ``config.objective`` ("edt_masking"):
+``jdpm.training.edt_masking.EDTMaskingObjective.from_config(config, model)``, which reads
+``config.edt_masking``.
 """
 
 import ml_collections
 
-from configs.dit import base_config, tiny_recipe
+from configs.common import base_config, tiny_recipe
 
 # name: (hidden_size D0, stages_depth, lr, AMM blocks, mid-stage mask ratio)
 EDT_SIZES = {
@@ -39,7 +40,7 @@ def stage_widths(hidden_size):
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = base_config()
   c.objective = "edt_masking"     # full pass + masked pass (jdpm.training.edt_masking)
-  c.masking = ml_collections.ConfigDict(dict(
+  c.edt_masking = ml_collections.ConfigDict(dict(
       down_mask_ratios=((0.4, 0.5), (0.1, 0.2)),  # drop-probability range per down-sampling
       mid_mask_ratio=None))                        # (low, high) for EDT-XL, else None
   c.model.name = "EDT"
@@ -65,7 +66,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.update(dict(hidden_size=hidden, dims=dims, num_heads=tuple(d // HEAD_DIM for d in dims),
                       stages_depth=stages_depth, amm_blocks=amm_blocks, patch_size=2,
                       input_size=32, in_channels=4, num_classes=1000))
-  c.masking.mid_mask_ratio = mid_mask_ratio
+  c.edt_masking.mid_mask_ratio = mid_mask_ratio
   c.data.name = "imagenet2012_latents"
   c.optimizer.lr = lr
   c.total_steps = 400_000

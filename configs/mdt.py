@@ -14,7 +14,7 @@ Override any field on the command line: ``--config=configs/mdt.py:S --config.bat
 
 import ml_collections
 
-from configs.dit import base_config, tiny_recipe
+from configs.common import base_config, tiny_recipe
 
 # name: (hidden_size, depth, num_heads, decode_layer, lr)
 MDT_SIZES = {"S": (384, 12, 6, 6, 5e-4), "B": (768, 12, 12, 4, 3e-4), "XL": (1152, 28, 16, 4, 3e-4)}
@@ -23,8 +23,9 @@ MDT_SIZES = {"S": (384, 12, 6, 6, 5e-4), "B": (768, 12, 12, 4, 3e-4), "XL": (115
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = base_config()
   c.objective = "mdt_masking"     # full-pass + masked-pass loss (jdpm.training.mdt_masking)
-  c.mask_ratio_span = 0.2         # mask ratios r ~ U(model.mask_ratio, model.mask_ratio + span)
-  c.mask_per_example_ratio = False  # official: one ratio per forward call; here one per step
+  c.mdt_masking = ml_collections.ConfigDict(dict(
+      mask_ratio_span=0.2,          # mask ratios r ~ U(model.mask_ratio, model.mask_ratio + span)
+      per_example_ratio=False))     # official: one ratio per forward call; here one per step
   c.model.name = "MDTv2"
   c.model.class_dropout_prob = 0.1
   c.model.learn_sigma = True

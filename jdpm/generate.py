@@ -1,4 +1,4 @@
-"""Class-conditional generation from a Flax denoiser with any sampler, and image grids.
+"""Conditional generation from a Flax denoiser with any sampler, and image grids.
 
 The glue between `jdpm.models` (Flax) and `jdpm.samplers` / `jdpm.diffusion` (pure functions): it builds the
 noise function, places the batch on the mesh and runs one compiled sampling program.
@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 
 from jdpm import diffusion as diffusion_lib
+from jdpm.diffusion import conditioning
 from jdpm import parallel, samplers
 
 SAMPLERS = ("unipc", "dpm_solver++", "dpm_solver", "ddim", "ddpm")
@@ -28,15 +29,17 @@ def _apply_fn(model, amm):
   return functools.partial(model.apply, amm=True) if amm else model.apply
 
 
-def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
-                  cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=True,
-                  num_timesteps=1000, beta_schedule="linear", clip_denoised=False, mesh=None):
-  """Draws one sample per label.
+def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
+                  cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=None,
+                  num_timesteps=1000, beta_schedule="linear", clip_denoised=False, null=None, sample_shape=None,
+                  mesh=None):
+  """Draws one sample per condition.
 
   Args:
-    model: a jdpm denoiser (``model.apply(variables, x, t, y)``, NHWC, t in DDPM steps 0..N-1).
+    model: a jdpm denoiser (``model.apply(variables, x, t, cond)``, NHWC, t in DDPM steps 0..N-1).
     variables: its variables, e.g. ``{"params": state.ema_params}``.
-    labels: (B,) int class labels; B must divide over the mesh's devices.
+    cond: the condition: (B,) int class labels, or any pytree whose leaves have the batch B as leading
+      axis (see `jdpm.diffusion.conditioning`); B must divide over the mesh's devices.
     rng: PRNG key for x_T (and DDPM's per-step noise).
     sampler: "unipc", "dpm_solver++", "dpm_solver", "ddim" (ODE samplers on the discrete VP schedule) or
       "ddpm" (ancestral sampling with the learned variance over `steps` respaced steps).
@@ -44,17 +47,18 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
     order: solver order (default per sampler).
     cfg_scale: classifier-free guidance scale; 1 = conditional only (one model call per step).
     cfg_channels: guide only the first k output channels (the official DiT/EDT scripts use 3 of 4 latent
-      channels); None = all.
-    guidance_window: (lo, hi) fraction of the steps that are guided (ODE samplers only).
-    cfg_scale_pow: MDTv2's power-cosine guidance schedule with this power (ODE samplers only); None:
-      a constant scale.
+      channels); None or < 0 = all.
+    guidance_window: (lo, hi) fraction of the model evaluations that are guided.
+    cfg_scale_pow: MDTv2's power-cosine guidance schedule with this power; None: a constant scale.
     amm: turn on the Attention Modulation Matrix (EDT and models built with amm_blocks).
-    learn_sigma: the model outputs 2C channels (eps and variance).
+    learn_sigma: the model outputs 2C channels (eps and variance); default: the model's `learn_sigma`.
     num_timesteps, beta_schedule: the training diffusion.
     clip_denoised: keep the data predictions inside [-1, 1], for pixel-space models whose data is bounded:
       dynamic thresholding (ratio 0.995, as DPM-Solver++ for pixel models) for the ODE samplers, clipping
       for ddpm. Early in training a model's noise predictions at high noise are poor, and without this the
       1/alpha amplification of their error saturates the colours. Latent models use False.
+    null: the null condition for guidance (default: the model's `null_condition`, e.g. the null class).
+    sample_shape: (H, W, C) of one sample (default: the model's `sample_shape`).
     mesh: shard the batch over this mesh (default: all devices).
   Returns:
     (B, H, W, C) float32 samples in the model's data space (images in [-1, 1] for pixel models).
@@ -62,37 +66,39 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
   mesh = mesh or parallel.make_mesh()
-  labels = jnp.asarray(labels, jnp.int32)
-  shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
-  if labels.shape[0] % mesh.size:
-    raise ValueError(f"{labels.shape[0]} samples do not split over {mesh.size} devices; "
-                     f"use a multiple of {mesh.size}.")
+  cond = jax.tree.map(jnp.asarray, cond)
+  num = conditioning.batch_size(cond)
+  shape = (num,) + tuple(sample_shape or model.sample_shape)
+  if num % mesh.size:
+    raise ValueError(f"{num} samples do not split over {mesh.size} devices; use a multiple of {mesh.size}.")
   batch = parallel.batch_sharding(mesh)
   rng_x, rng_steps = jax.random.split(rng)
   x_T = jax.device_put(jax.random.normal(rng_x, shape, jnp.float32), batch)
-  labels = jax.device_put(labels, batch)
+  cond = jax.device_put(cond, batch)
+  variables = parallel.on_mesh(variables, mesh)
   apply_fn = _apply_fn(model, amm)
-  guided = cfg_scale is not None and cfg_scale != 1.0
-  null_label = model.num_classes
-  if cfg_channels is not None and cfg_channels < 0:
-    cfg_channels = None
+  if learn_sigma is None:
+    learn_sigma = bool(getattr(model, "learn_sigma", False))
+  guidance = None
+  if cfg_scale is not None and cfg_scale != 1.0:
+    if cfg_channels is not None and cfg_channels < 0:
+      cfg_channels = None
+    guidance = samplers.make_guidance(cfg_scale, model.null_condition if null is None else null,
+                                      channels=cfg_channels, window=guidance_window, scale_pow=cfg_scale_pow,
+                                      total_n=num_timesteps)
 
   if sampler == "ddpm":
-    if cfg_scale_pow is not None or guidance_window is not None:
-      raise ValueError("guidance schedules and windows are implemented for the ODE samplers, not ddpm.")
     diffusion = diffusion_lib.create_diffusion(str(steps), noise_schedule=beta_schedule,
                                                diffusion_steps=num_timesteps, learn_sigma=learn_sigma)
-    kwargs = dict(variables=variables, y=labels, scale=jnp.float32(cfg_scale))
-    return diffusion_lib.ddpm_sample(_ddpm_model_fn(apply_fn, guided, null_label, cfg_channels, learn_sigma),
-                                     diffusion, x_T, rng_steps, model_kwargs=kwargs, clip_denoised=clip_denoised)
+    kwargs = dict(variables=variables, cond=cond, guidance=guidance,
+                  model_times=jnp.asarray(diffusion.timestep_map, jnp.int32))
+    return diffusion_lib.ddpm_sample(_ddpm_model_fn(apply_fn), diffusion, x_T, rng_steps, model_kwargs=kwargs,
+                                     clip_denoised=clip_denoised)
 
   betas = diffusion_lib.named_beta_schedule(beta_schedule, num_timesteps)
   sched = diffusion_lib.VPSchedule.discrete(betas)
-  noise_fn = samplers.make_noise_fn(
-      apply_fn, variables, sched, y=labels, learned_sigma=learn_sigma,
-      guidance_scale=cfg_scale if guided else None, null_label=null_label if guided else None,
-      guided_channels=cfg_channels, guidance_window=guidance_window if guided else None,
-      scale_pow=cfg_scale_pow if guided else None)
+  noise_fn = samplers.make_noise_fn(apply_fn, variables, sched, y=cond, learned_sigma=learn_sigma,
+                                    guidance=guidance)
   extra = {}
   if clip_denoised:
     if sampler == "dpm_solver":
@@ -103,23 +109,41 @@ def sample_images(model, variables, labels, rng, *, sampler="unipc", steps=10, o
 
 
 @functools.lru_cache(maxsize=None)
-def _ddpm_model_fn(apply_fn, guided, null_label, cfg_channels, learn_sigma):
-  """model_fn(x, t, variables, y, scale) for `ddpm_sample`, guided on a doubled batch when asked.
+def _ddpm_model_fn(apply_fn):
+  """model_fn(x, t, variables, cond, guidance, model_times) for `ddpm_sample`, guided when `guidance` is set.
 
-  Cached so that repeated calls hand `ddpm_sample` the same static function (one compilation).
+  Cached so that repeated calls hand `ddpm_sample` the same static function (one compilation). The
+  guidance window's progress is the fraction of the respaced steps done: step index i of S (counting
+  down) is evaluation S - 1 - i.
   """
-  def model_fn(x, t, variables, y, scale):
-    if not guided:
-      return apply_fn(variables, x, t, y)
-    out = apply_fn(variables, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                   jnp.concatenate([y, jnp.full_like(y, null_label)]))
-    cond, uncond = jnp.split(out, 2)
-    c = x.shape[-1]
-    k = c if cfg_channels is None else cfg_channels
-    eps = uncond[..., :k] + scale * (cond[..., :k] - uncond[..., :k])
-    # Unguided channels (and the variance channels) come from the conditional pass.
-    return jnp.concatenate([eps, cond[..., k:]], axis=-1)
+  def model_fn(x, t, variables, cond, guidance, model_times):
+    def fn(x, t, c):
+      return apply_fn(variables, x, t, c)
+    if guidance is None:
+      return fn(x, t, cond)
+    num_steps = model_times.shape[0]
+    progress = (num_steps - 1 - jnp.searchsorted(model_times, t[0])) / num_steps
+    return guidance(fn, x, t, cond, t_model=t, progress=progress)
   return model_fn
+
+
+def sample_options(config, **overrides):
+  """The keyword arguments of `sample_images` from a run's ``config.sample`` and ``config.diffusion``.
+
+  `overrides` (e.g. from sample.py's flags) replace the config's values where they are not None.
+  """
+  s = config.sample
+  options = dict(
+      sampler=s.sampler, steps=s.steps, order=s.get("order"), cfg_scale=s.cfg_scale,
+      cfg_channels=s.get("cfg_channels"), guidance_window=_window(s.get("guidance_window")),
+      amm=s.get("amm", False), cfg_scale_pow=guidance_power(s), clip_denoised=s.get("clip_denoised", False),
+      num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)
+  options.update({k: v for k, v in overrides.items() if v is not None})
+  return options
+
+
+def _window(window):
+  return None if window is None else tuple(float(v) for v in window)
 
 
 def to_uint8(images):
@@ -153,19 +177,13 @@ def class_grid_labels(num_samples, num_classes):
   return np.arange(num_samples) % num_classes
 
 
-def training_sample_grid(trainer, state, step, path):
-  """The periodic sample grid of `jdpm.training.trainer.train`, drawn with the EMA parameters."""
-  config = trainer.config
+def training_sample_grid(model, ema_params, config, path, mesh=None):
+  """The periodic sample grid of a training run, drawn with the EMA parameters (one column per class)."""
   s = config.sample
   num_classes = config.model.num_classes
   labels = class_grid_labels(s.num_samples, num_classes)
-  images = sample_images(trainer.model, {"params": state.ema_params}, labels, jax.random.key(config.seed),
-                         sampler=s.sampler, steps=s.steps, order=s.order, cfg_scale=s.cfg_scale,
-                         cfg_channels=s.cfg_channels, amm=s.get("amm", False),
-                         cfg_scale_pow=guidance_power(s), clip_denoised=s.get("clip_denoised", False),
-                         learn_sigma=config.model.get("learn_sigma", True),
-                         num_timesteps=config.diffusion.num_timesteps,
-                         beta_schedule=config.diffusion.beta_schedule, mesh=trainer.mesh)
+  images = sample_images(model, {"params": ema_params}, labels, jax.random.key(config.seed),
+                         mesh=mesh, **sample_options(config))
   images = host_array(images)
   if jax.process_index() == 0:
     save_grid(images, path, ncol=min(num_classes, s.num_samples))

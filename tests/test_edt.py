@@ -12,7 +12,6 @@ order and shapes.
 import functools
 import pathlib
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -446,13 +445,12 @@ def test_objective_sums_a_full_and_a_masked_pass(tiny):
 
 
 def test_objective_from_config():
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   import configs.edt as edt_configs  # pylint: disable=import-outside-toplevel
   config = edt_configs.get_config("XL")
   assert config.objective == "edt_masking"
   model = jdpm.models.create(config.model.name, **{k: v for k, v in config.model.items()
                                                     if k != "name"})
-  objective = EDTMaskingObjective.from_config(model, create_diffusion(""), config)
+  objective = EDTMaskingObjective.from_config(config, model)
   assert objective.down_mask_ratios == ((0.4, 0.5), (0.1, 0.2))
   assert objective.mid_mask_ratio == (0.15, 0.25)
   assert objective.timestep_sampler == "loss-second-moment" and objective.min_snr_gamma == 5.0

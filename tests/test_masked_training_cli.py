@@ -3,13 +3,11 @@ their checkpoints with the Attention Modulation Matrix on and off."""
 
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import sample  # noqa: E402
 from configs import edt as edt_config, mdt as mdt_config  # noqa: E402

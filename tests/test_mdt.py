@@ -13,14 +13,12 @@ blocks 1 and 4).
 import functools
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jdpm  # noqa: E402
 from configs import mdt as mdt_configs  # noqa: E402
@@ -282,11 +280,13 @@ def test_objective_is_full_plus_masked_loss():
   params = small_params(model)
   batch = jax.jit(objective.draw)(jax.random.key(1, impl="rbg"), small_batch(),
                                   objective.init_extra())
-  for key, shape in [("token_mask", (8, 16)), ("mask_noise", (8, 8, 8, 3)), ("mask_drop", (8,)),
-                     ("noise", (8, 8, 8, 3)), ("t", (8,))]:
+  masked_pass = batch["masked"]
+  for key, shape in [("token_mask", (8, 16)), ("noise", (8, 8, 8, 3)), ("drop", (8,))]:
+    assert masked_pass[key].shape == shape, key
+  for key, shape in [("noise", (8, 8, 8, 3)), ("t", (8,))]:
     assert batch[key].shape == shape, key
-  assert not np.allclose(batch["noise"], batch["mask_noise"])
-  kept = 16 - np.asarray(batch["token_mask"]).sum(1)
+  assert not np.allclose(batch["noise"], masked_pass["noise"])
+  kept = 16 - np.asarray(masked_pass["token_mask"]).sum(1)
   assert np.all(kept == kept[0]) and 16 * 0.5 <= kept[0] <= 11  # floor(16 (1 - r)), r in [.3, .5)
 
   @jax.jit
@@ -296,7 +296,7 @@ def test_objective_is_full_plus_masked_loss():
                                       force_drop_ids=drop, mask=mask)
       return diffusion.training_losses(fn, batch["image"], batch["t"], noise, min_snr_gamma=5.0)
     full = pass_loss(batch["noise"], batch["drop"], None)
-    masked = pass_loss(batch["mask_noise"], batch["mask_drop"], batch["token_mask"])
+    masked = pass_loss(batch["masked"]["noise"], batch["masked"]["drop"], batch["masked"]["token_mask"])
     return full, masked, objective.per_example_loss(params, batch)
 
   full, masked, (losses, aux) = reference_and_objective(params, batch)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import sample  # noqa: E402
 from jdpm import eval as eval_lib  # noqa: E402

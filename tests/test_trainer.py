@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from configs import dit  # noqa: E402
 from jdpm.training import trainer  # noqa: E402

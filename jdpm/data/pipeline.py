@@ -17,6 +17,9 @@ Batches are dicts of numpy arrays:
            float32, unscaled (the model input either way).
   "label": int32 (B,) class labels.
   "index": int32 (B,) record index in the split (for debugging and bookkeeping).
+  any further feature of the records (caption tokens, a degraded image, factor values, ...), stacked
+  under its own name, so that a new task adds a data source without touching the trainer (the objective
+  declares which keys it reads; see `registry.DatasetInfo.element_spec`).
 """
 
 import grain
@@ -90,7 +93,11 @@ class _ReadBatch(grain.transforms.Map):
     else:
       x = x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
     labels = np.array([r["label"] for r in records], dtype=np.int32)
-    return {"image": x, "label": labels, "index": indices.astype(np.int32)}
+    batch = {"image": x, "label": labels, "index": indices.astype(np.int32)}
+    for key in records[0]:
+      if key not in registry.PIPELINE_HANDLED:
+        batch[key] = np.stack([np.asarray(r[key]) for r in records])
+    return batch
 
 
 def _read_batches(source, ds, read_threads):

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import pathlib
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from jdpm.data import digits, imagenet, shapes, storage
@@ -40,12 +41,22 @@ class DatasetInfo:
   num_classes: number of class labels (labels are 0..num_classes-1).
   is_latent: True for datasets written by `build_latent_dataset` (stored float latents, not uint8 images).
   splits: split name -> number of examples (of the builder's config; of the files when built).
+  extra_features: name -> (shape, numpy dtype) of every further per-example array the pipeline yields
+    (caption tokens, a degraded image, factor values, ...), for datasets that have them.
   """
   name: str
   image_shape: tuple[int, int, int]
   num_classes: int
   is_latent: bool
   splits: dict[str, int]
+  extra_features: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def element_spec(self):
+    """Batch key -> (per-example shape, dtype) of what the training pipeline yields."""
+    spec = {"image": (tuple(self.image_shape), np.float32), "label": ((), np.int32), "index": ((), np.int32)}
+    spec.update(self.extra_features)
+    return spec
 
 
 def _unknown(name, data_dir):
@@ -97,6 +108,10 @@ def get_builder(name: str, *, data_dir=None, prepare: bool = True, manual_dir=No
   return tfds.builder_from_directory(path)
 
 
+# Record features the pipeline turns into "image" and "label" itself; every other feature is passed through.
+PIPELINE_HANDLED = ("image", "latent", "latent_flip", "label")
+
+
 def is_latent(builder) -> bool:
   return "latent" in builder.info.features
 
@@ -127,10 +142,14 @@ def dataset_info(name: str, *, data_dir=None) -> DatasetInfo:
     return DatasetInfo(name, image_shape, num_classes, False, splits)
   builder = get_builder(name, data_dir=data_dir, prepare=False)
   latent = is_latent(builder)
-  feature = builder.info.features["latent" if latent else "image"]
+  features = builder.info.features
+  feature = features["latent" if latent else "image"]
+  extra = {key: (tuple(features[key].shape), np.dtype(features[key].np_dtype))
+           for key in features if key not in PIPELINE_HANDLED}
   return DatasetInfo(name=name, image_shape=tuple(feature.shape),
                      num_classes=int(builder.info.metadata["num_classes"]), is_latent=latent,
-                     splits={s: info.num_examples for s, info in builder.info.splits.items()})
+                     splits={s: info.num_examples for s, info in builder.info.splits.items()},
+                     extra_features=extra)
 
 
 def _expected_splits(builder):

@@ -26,3 +26,24 @@ def power_cosine_guidance_scale(cfg_scale, t, diffusion_steps=1000, scale_pow=4.
   progress = (1.0 - t / jnp.float32(diffusion_steps)) ** jnp.float32(scale_pow)
   step = (1.0 - jnp.cos(progress * jnp.float32(math.pi))) * 1.0 / 2.0
   return (jnp.float32(cfg_scale) - 1.0) * step + 1.0
+
+
+def combine(cond_out, uncond_out, scale, channels=None):
+  """Classifier-free guidance ``u + s·(c − u)`` on the first `channels` channels (None: all).
+
+  The other channels (an unguided latent channel, learned-variance outputs) are the conditional
+  output's. This is the one place where jdpm combines a conditional and an unconditional prediction:
+  the samplers' guidance, DDPM sampling and the models' GLIDE-style ``forward_with_cfg`` all call it.
+
+  Args:
+    cond_out, uncond_out: (B, ..., C) outputs of the conditional and unconditional calls.
+    scale: the guidance scale s, a scalar or an array broadcastable to (B, ..., channels).
+    channels: how many leading channels are guided.
+  Returns:
+    (B, ..., C) guided output.
+  """
+  k = cond_out.shape[-1] if channels is None else channels
+  guided = uncond_out[..., :k] + scale * (cond_out[..., :k] - uncond_out[..., :k])
+  if k == cond_out.shape[-1]:
+    return guided
+  return jnp.concatenate([guided, cond_out[..., k:]], axis=-1)

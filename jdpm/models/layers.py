@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdpm.diffusion import guidance
+
 Dtype = Any
 
 # Official DiT initialisation: Linear layers are Xavier-uniform with zero bias.
@@ -21,9 +23,10 @@ xavier_uniform = nn.initializers.xavier_uniform()
 
 
 class PatchDenoiserGeometry:
-  """Shape properties shared by the patch-based denoisers (DiT, EDT, MDTv2).
+  """Shape and condition properties shared by the patch-based denoisers (DiT, EDT, MDTv2).
 
-  Mixed into a Flax module with the attributes input_size, patch_size, in_channels and learn_sigma.
+  Mixed into a Flax module with the attributes input_size, patch_size, in_channels, learn_sigma and
+  num_classes.
   """
 
   @property
@@ -35,6 +38,19 @@ class PatchDenoiserGeometry:
   def grid_size(self):
     """Side of the (first) token grid: input_size / patch_size."""
     return self.input_size // self.patch_size
+
+  @property
+  def sample_shape(self):
+    """(H, W, C) of one sample (NHWC without the batch)."""
+    return (self.input_size, self.input_size, self.in_channels)
+
+  @property
+  def null_condition(self):
+    """The null condition of the class label: the null class ``num_classes`` (see
+    ``jdpm.diffusion.conditioning``)."""
+    return self.num_classes
+
+
 zeros = nn.initializers.zeros
 
 
@@ -390,5 +406,5 @@ def glide_guidance(model_out, cfg_scale, guided_channels=3):
                      f"batch {model_out.shape[0]}.")
   eps, rest = model_out[..., :guided_channels], model_out[..., guided_channels:]
   cond_eps, uncond_eps = jnp.split(eps, 2, axis=0)
-  half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+  half_eps = guidance.combine(cond_eps, uncond_eps, cfg_scale)
   return jnp.concatenate([jnp.concatenate([half_eps, half_eps], axis=0), rest], axis=-1)

@@ -1,4 +1,4 @@
 """Device mesh, sharding rules and multi-host helpers."""
 
-from jdpm.parallel.mesh import (DATA_AXES, batch_sharding, global_batch, initialize_distributed, make_mesh,
+from jdpm.parallel.mesh import (DATA_AXES, batch_sharding, global_batch, initialize_distributed, make_mesh, on_mesh,
                                 param_sharding, replicated, tree_shardings)

@@ -67,6 +67,22 @@ def tree_shardings(abstract_tree, mesh: Mesh, min_fsdp_size: int = 2**18):
   return jax.tree.map(lambda a: param_sharding(a.shape, mesh, min_fsdp_size), abstract_tree)
 
 
+def on_mesh(tree, mesh: Mesh):
+  """The arrays of `tree` that do not live on `mesh`'s devices, replicated onto it (the rest unchanged).
+
+  For weights read on one device (e.g. `jdpm.training.run.restore`) that meet a batch sharded over a
+  mesh: one jitted program needs all its arguments on the same devices.
+  """
+  devices = set(mesh.devices.flat)
+
+  def place(leaf):
+    if isinstance(leaf, jax.Array) and set(leaf.sharding.device_set) != devices:
+      return jax.device_put(leaf, replicated(mesh))
+    return leaf
+
+  return jax.tree.map(place, tree)
+
+
 def global_batch(local_batch, mesh: Mesh):
   """Assemble each host's slice of the batch into global arrays sharded over the mesh.
 
@@ -79,18 +95,19 @@ def global_batch(local_batch, mesh: Mesh):
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local_batch)
 
 
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None, *,
+                           force=False) -> None:
   """Start multi-host JAX when there is more than one process; a no-op for a single process.
 
-  On TPU VMs call with no arguments: JAX discovers the pod slice itself (set JDPM_DISTRIBUTED=1 or pass
-  any argument to force the call). Elsewhere (GPU clusters, CPU tests) the coordinator "host:port", the number
+  On TPU VMs call with force=True (train.py's --distributed) and no other argument: JAX discovers the pod
+  slice itself (the environment variable JDPM_DISTRIBUTED=1 does the same). Elsewhere (GPU clusters, CPU tests) the coordinator "host:port", the number
   of processes and this process's id come from the arguments or from the environment variables
   JDPM_COORDINATOR, JDPM_NUM_PROCESSES and JDPM_PROCESS_ID.
   """
   coordinator_address = coordinator_address or os.environ.get("JDPM_COORDINATOR")
   num_processes = num_processes or _int_env("JDPM_NUM_PROCESSES")
   process_id = process_id if process_id is not None else _int_env("JDPM_PROCESS_ID")
-  on_tpu_pod = os.environ.get("JDPM_DISTRIBUTED") == "1"
+  on_tpu_pod = force or os.environ.get("JDPM_DISTRIBUTED") == "1"
   if coordinator_address is None and num_processes is None and not on_tpu_pod:
     return
   if coordinator_address is not None and (num_processes is None or process_id is None):

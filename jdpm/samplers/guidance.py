@@ -1,19 +1,25 @@
-"""From a denoiser apply(variables, x, t_input, y) to the samplers' noise_fn(x, t).
+"""From a denoiser apply(variables, x, t_input, cond) to the samplers' noise_fn(x, t).
 
 `make_noise_fn` handles what sits between a trained network and an ODE solver:
   * model outputs: noise ("noise"), data ("x0") or velocity ("v") prediction, converted to noise;
   * learned-sigma models (2C output channels): only the first C channels (the mean) are kept;
   * discrete-time models: the continuous t in (0, 1] becomes t_input = (t - 1/N) * 1000 (as DPM-Solver's
     model_wrapper does), i.e. 0..999 for N = 1000;
-  * classifier-free guidance in one batched call on [x, x] with labels [y, null]:
-    eps = eps_u + s (eps_c - eps_u), optionally on the first `guided_channels` channels only (the official
-    DiT / MDT / EDT sampling scripts guide 3 of the 4 latent channels; the rest are the conditional output);
-  * a guidance window: guidance only for the fraction window = (lo, hi) of the model evaluations
-    (e.g. (0, 0.4) = the first 40%); outside it a single batch-B call with the conditional (or
-    unconditional) label, chosen at run time by `lax.cond`, so that those steps cost one forward pass.
+  * classifier-free guidance (`Guidance`), in one batched call on [x, x] with conditions [cond, null].
 
-The result is a pytree (parameters and labels are leaves), so `sample` passes it to its compiled loop as
-an argument instead of baking the parameters into the program.
+The condition is any pytree (class labels, a text context and its mask, a degraded image, a dict of them)
+with an explicit null condition of the same structure (see `jdpm.diffusion.conditioning`). `Guidance` is the
+one guidance combiner of jdpm: the ODE samplers use it through `NoiseFn`, DDPM sampling calls it directly
+(`jdpm.generate`). It offers
+  * a constant scale or MDTv2's power-cosine schedule on the network's time input;
+  * guidance of the first `channels` output channels only (the official DiT / MDT / EDT sampling scripts
+    guide 3 of the 4 latent channels; the rest are the conditional output);
+  * a guidance window: guidance only for the fraction window = (lo, hi) of the model evaluations
+    (e.g. (0, 0.4) = the first 40%); outside it a single batch-B call with the conditional (or null)
+    condition, chosen at run time by `lax.cond`, so that those steps cost one forward pass.
+
+The results are pytrees (parameters, conditions and scales are leaves), so `sample` passes them to its
+compiled loop as arguments instead of baking them into the program.
 """
 
 import dataclasses
@@ -22,9 +28,11 @@ import typing
 import jax
 import jax.numpy as jnp
 
-from jdpm.diffusion.guidance import power_cosine_guidance_scale
+from jdpm.diffusion import conditioning
+from jdpm.diffusion.guidance import combine, power_cosine_guidance_scale
 
 MODEL_TYPES = ("noise", "x0", "v")
+OUTSIDE_WINDOW = ("cond", "uncond")
 
 
 class _StaticCallable:
@@ -49,6 +57,88 @@ class _StaticCallable:
     return isinstance(other, _StaticCallable) and self._key() == other._key()
 
 
+def _static(default=None):
+  return dataclasses.field(metadata=dict(static=True), default=default)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """Classifier-free guidance: ``out = u + s·(c − u)`` from one call on [x, x] with [cond, null].
+
+  Build it with `make_guidance`. Calling it as ``guidance(fn, x, t, cond, t_model=..., progress=...)``
+  runs ``fn(x, t, cond) -> (B, ..., C)`` (any network output: noise, or noise + variance channels) and
+  returns the guided output.
+
+  Attributes:
+    scale: () the guidance scale s (with a power-cosine schedule: the scale at t_model = 0).
+    null: the null condition, a pytree with the condition's structure (leaves broadcastable to its leaves).
+    channels: guide only the first k output channels (None: all).
+    window: (lo, hi) fractions of the model evaluations that are guided (None: all).
+    outside: "cond" or "uncond": the single prediction used outside the window.
+    scale_pow: MDTv2's power-cosine schedule with this power (None: constant scale).
+    total_n: steps of the discrete process that t_model counts (the schedule's time unit).
+  """
+  scale: typing.Any
+  null: typing.Any
+  channels: typing.Optional[int] = _static()
+  window: typing.Optional[tuple] = _static()
+  outside: str = _static("cond")
+  scale_pow: typing.Optional[float] = _static()
+  total_n: int = _static(1000)
+
+  @property
+  def uses_progress(self):
+    return self.window is not None
+
+  def scale_at(self, t_model, dtype, ndim):
+    """The scale for network time inputs t_model (B,), shaped to broadcast over (B, ...) of ndim dims."""
+    if self.scale_pow is None:
+      return jnp.asarray(self.scale, dtype)
+    # MDTv2's power-cosine schedule: the scale grows from 1 (pure noise) to the scale at t = 0, evaluated
+    # on the network's time input, as the official forward_with_cfg does.
+    per_sample = power_cosine_guidance_scale(self.scale, t_model, self.total_n, self.scale_pow)
+    return per_sample.astype(dtype).reshape((-1,) + (1,) * (ndim - 1))
+
+  def guided(self, fn, x, t, cond, t_model):
+    """The guided output: one call of `fn` on the doubled batch."""
+    out = fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), conditioning.with_null(cond, self.null))
+    c, u = jnp.split(out, 2)
+    return combine(c, u, self.scale_at(t_model, c.dtype, c.ndim), self.channels)
+
+  def single(self, fn, x, t, cond):
+    """The unguided output outside the window: conditional or null condition, batch B."""
+    if self.outside == "uncond":
+      cond = conditioning.null_like(cond, self.null)
+    return fn(x, t, cond)
+
+  def __call__(self, fn, x, t, cond, *, t_model, progress=None):
+    if self.window is None or progress is None:
+      return self.guided(fn, x, t, cond, t_model)
+    lo, hi = self.window
+    inside = (progress >= lo) & (progress < hi)
+    return jax.lax.cond(inside, lambda x, t: self.guided(fn, x, t, cond, t_model),
+                        lambda x, t: self.single(fn, x, t, cond), x, t)
+
+
+def make_guidance(scale, null, *, channels=None, window=None, outside="cond", scale_pow=None, total_n=1000):
+  """Validates the guidance settings and returns a `Guidance` (see its attributes)."""
+  if null is None:
+    raise ValueError("classifier-free guidance needs the null condition (null=..., or null_label= the "
+                     "label of the unconditional class).")
+  if outside not in OUTSIDE_WINDOW:
+    raise ValueError(f"outside_window must be 'cond' or 'uncond'; got {outside!r}.")
+  if window is not None:
+    lo, hi = (float(v) for v in window)
+    if not 0.0 <= lo <= hi <= 1.0:
+      raise ValueError(f"guidance_window must be (lo, hi) with 0 <= lo <= hi <= 1; got {window}.")
+    window = (lo, hi)
+  if channels is not None and channels < 1:
+    raise ValueError(f"guided_channels must be >= 1 or None; got {channels}.")
+  return Guidance(scale=jnp.asarray(scale), null=null, channels=channels, window=window, outside=outside,
+                  scale_pow=None if scale_pow is None else float(scale_pow), total_n=int(total_n))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NoiseFn:
@@ -56,21 +146,16 @@ class NoiseFn:
   variables: typing.Any
   y: typing.Any
   sched: typing.Any
-  guidance_scale: typing.Any
-  apply_fn: _StaticCallable = dataclasses.field(metadata=dict(static=True))
-  model_type: str = dataclasses.field(metadata=dict(static=True), default="noise")
-  discrete_time: bool = dataclasses.field(metadata=dict(static=True), default=True)
-  learned_sigma: bool = dataclasses.field(metadata=dict(static=True), default=False)
-  null_label: typing.Optional[int] = dataclasses.field(metadata=dict(static=True), default=None)
-  guided_channels: typing.Optional[int] = dataclasses.field(metadata=dict(static=True), default=None)
-  guidance_window: typing.Optional[tuple] = dataclasses.field(metadata=dict(static=True), default=None)
-  outside_window: str = dataclasses.field(metadata=dict(static=True), default="cond")
-  scale_pow: typing.Optional[float] = dataclasses.field(metadata=dict(static=True), default=None)
+  guidance: typing.Optional[Guidance]
+  apply_fn: _StaticCallable = _static()
+  model_type: str = _static("noise")
+  discrete_time: bool = _static(True)
+  learned_sigma: bool = _static(False)
 
   @property
   def uses_progress(self):
     """`sample` passes progress= (evaluations done / NFE) when a guidance window is set."""
-    return self.guidance_window is not None
+    return self.guidance is not None and self.guidance.uses_progress
 
   def model_time(self, t):
     """The time input of the network for continuous times t."""
@@ -78,9 +163,9 @@ class NoiseFn:
       return (t - 1.0 / self.sched.total_n) * 1000.0
     return t
 
-  def _eps(self, x, t, y):
-    """One network call on (x, t, y), as noise prediction with the variance channels dropped."""
-    out = self.apply_fn(self.variables, x, self.model_time(t), y)
+  def _eps(self, x, t, cond):
+    """One network call on (x, t, cond), as noise prediction with the variance channels dropped."""
+    out = self.apply_fn(self.variables, x, self.model_time(t), cond)
     if self.learned_sigma:
       out = out[..., :x.shape[-1]]
     if self.model_type == "noise":
@@ -92,82 +177,57 @@ class NoiseFn:
       return (x - alpha * out) / sigma
     return alpha * out + sigma * x
 
-  def _guided(self, x, t):
-    y_null = jnp.full_like(self.y, self.null_label)
-    eps = self._eps(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([self.y, y_null]))
-    cond, uncond = jnp.split(eps, 2)
-    scale = jnp.asarray(self.guidance_scale, cond.dtype)
-    if self.scale_pow is not None:
-      # MDTv2's power-cosine schedule: the scale grows from 1 (pure noise) to guidance_scale (t = 0),
-      # evaluated on the network's time input, as the official forward_with_cfg does.
-      per_sample = power_cosine_guidance_scale(self.guidance_scale, self.model_time(t), self.sched.total_n,
-                                               self.scale_pow)
-      scale = per_sample.astype(cond.dtype).reshape((-1,) + (1,) * (cond.ndim - 1))
-    k = cond.shape[-1] if self.guided_channels is None else self.guided_channels
-    guided = uncond[..., :k] + scale * (cond[..., :k] - uncond[..., :k])
-    return jnp.concatenate([guided, cond[..., k:]], axis=-1)
-
-  def _single(self, x, t):
-    if self.guidance_scale is None or self.outside_window == "cond":
-      return self._eps(x, t, self.y)
-    return self._eps(x, t, jnp.full_like(self.y, self.null_label))
-
   def __call__(self, x, t, progress=None):
-    if self.guidance_scale is None:
-      return self._single(x, t)
-    if self.guidance_window is None or progress is None:
-      return self._guided(x, t)
-    lo, hi = self.guidance_window
-    inside = (progress >= lo) & (progress < hi)
-    return jax.lax.cond(inside, self._guided, self._single, x, t)
+    if self.guidance is None:
+      return self._eps(x, t, self.y)
+    return self.guidance(self._eps, x, t, self.y, t_model=self.model_time(t), progress=progress)
 
 
 def make_noise_fn(apply_fn, variables, sched, *, y=None, model_type="noise", learned_sigma=False,
-                  discrete_time=None, guidance_scale=None, null_label=None, guided_channels=None,
-                  guidance_window=None, outside_window="cond", scale_pow=None):
+                  discrete_time=None, guidance_scale=None, null=None, null_label=None, guided_channels=None,
+                  guidance_window=None, outside_window="cond", scale_pow=None, guidance=None):
   """Wraps a denoiser into the noise_fn(x, t) of `jdpm.samplers.sample`.
 
   Args:
-    apply_fn: apply(variables, x, t_input, y) -> (B, ..., C) or (B, ..., 2C) with learned_sigma (channels
+    apply_fn: apply(variables, x, t_input, cond) -> (B, ..., C) or (B, ..., 2C) with learned_sigma (channels
       last), e.g. a Flax `model.apply`.
     variables: the network's variables (a pytree; passed through compiled samplers as an argument).
     sched: the `VPSchedule` the samplers use (for t_input and for x0 / v conversion).
-    y: (B,) labels (or any conditioning pytree the network takes; None for unconditional networks).
+    y: the condition: (B,) labels or any pytree the network takes (a dict with a text context (B, L, D) and
+      its mask, a degraded image, ...); None for unconditional networks.
     model_type: what the network predicts: "noise", "x0" or "v".
     learned_sigma: keep only the first C of 2C output channels (C = x.shape[-1]).
     discrete_time: feed t_input = (t - 1/N) * 1000 (default: True for discrete schedules).
     guidance_scale: classifier-free guidance scale s (None: no guidance, one conditional call).
-    null_label: the label of the unconditional class (e.g. num_classes); needed with guidance_scale.
+    null: the null condition (structure of y, leaves broadcastable to y's); needed with guidance_scale.
+    null_label: for class labels, the label of the unconditional class (e.g. num_classes): null=null_label.
     guided_channels: guide only the first k channels (None: all).
     guidance_window: (lo, hi) fractions of the model evaluations that are guided (None: all).
     outside_window: "cond" or "uncond": the single prediction used outside the window.
     scale_pow: use MDTv2's power-cosine guidance schedule with this power (the scale rises from 1 at
       t_input = N to guidance_scale at 0; see `jdpm.diffusion.power_cosine_guidance_scale`); None: constant.
+    guidance: a ready `Guidance` (from `make_guidance`) instead of the guidance arguments above.
   Returns:
     a `NoiseFn`.
   """
   if model_type not in MODEL_TYPES:
     raise ValueError(f"Unknown model_type {model_type!r}; choose one of {MODEL_TYPES}.")
-  if guidance_scale is not None and null_label is None:
-    raise ValueError("classifier-free guidance needs null_label, the label of the unconditional class.")
-  if guidance_scale is not None and y is None:
-    raise ValueError("classifier-free guidance needs the conditional labels y.")
-  if outside_window not in ("cond", "uncond"):
-    raise ValueError(f"outside_window must be 'cond' or 'uncond'; got {outside_window!r}.")
-  if guidance_window is not None:
-    if guidance_scale is None:
-      raise ValueError("guidance_window needs guidance_scale.")
-    lo, hi = (float(v) for v in guidance_window)
-    if not 0.0 <= lo <= hi <= 1.0:
-      raise ValueError(f"guidance_window must be (lo, hi) with 0 <= lo <= hi <= 1; got {guidance_window}.")
-    guidance_window = (lo, hi)
-  if guided_channels is not None and guided_channels < 1:
-    raise ValueError(f"guided_channels must be >= 1 or None; got {guided_channels}.")
+  if null is not None and null_label is not None:
+    raise ValueError("give the null condition once: null= (any condition) or null_label= (class labels).")
+  null = null_label if null is None else null
+  if (guidance_scale is not None or guidance is not None) and y is None:
+    raise ValueError("classifier-free guidance needs the condition y.")
+  if guidance_window is not None and guidance_scale is None:
+    raise ValueError("guidance_window needs guidance_scale.")
   if discrete_time is None:
     discrete_time = sched.kind == "discrete"
-  return NoiseFn(variables=variables, y=y, sched=sched,
-                 guidance_scale=None if guidance_scale is None else jnp.asarray(guidance_scale),
-                 apply_fn=_StaticCallable(apply_fn), model_type=model_type, discrete_time=bool(discrete_time),
-                 learned_sigma=bool(learned_sigma), null_label=None if null_label is None else int(null_label),
-                 guided_channels=guided_channels, guidance_window=guidance_window, outside_window=outside_window,
-                 scale_pow=None if scale_pow is None else float(scale_pow))
+  if guidance is not None:
+    if guidance_scale is not None:
+      raise ValueError("give either guidance= or guidance_scale= (and its settings), not both.")
+  elif guidance_scale is not None:
+    guidance = make_guidance(guidance_scale, null, channels=guided_channels, window=guidance_window,
+                             outside=outside_window, scale_pow=scale_pow, total_n=sched.total_n)
+  elif outside_window not in OUTSIDE_WINDOW:
+    raise ValueError(f"outside_window must be 'cond' or 'uncond'; got {outside_window!r}.")
+  return NoiseFn(variables=variables, y=y, sched=sched, guidance=guidance, apply_fn=_StaticCallable(apply_fn),
+                 model_type=model_type, discrete_time=bool(discrete_time), learned_sigma=bool(learned_sigma))

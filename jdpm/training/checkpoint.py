@@ -3,6 +3,7 @@
 A workdir holds one directory per saved step, written by an Orbax `CheckpointManager`::
 
   <directory>/<step>/state/   the train state pytree (StandardSave: OCDBT + zarr)
+  <directory>/<step>/frozen/  the frozen parameters, when the run has any (see `jdpm.training.freeze`)
   <directory>/<step>/data/    the Grain iterator state, one JSON file per process (when given)
   <directory>/corrupt/<step>  steps found unreadable by `restore`, moved aside (never deleted)
 
@@ -47,6 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 _STATE = "state"
+_FROZEN = "frozen"
 _DATA = "data"
 _CORRUPT_DIR = "corrupt"
 _COMMIT_MARKER = "commit_success.txt"
@@ -55,6 +57,7 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _STEP_NAME = re.compile(r"^(0|[1-9]\d*)$")
 _TMP_NAME = re.compile(r"^(0|[1-9]\d*)" + re.escape(_TMP_SUFFIX))
 _MAX_LISTED_DIFFERENCES = 8
+_FROM_METADATA = object()  # restore a tree in its stored structure, without a template
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,9 @@ class Checkpointer:
         cleanup_tmp_directories=False,
         create=True)
     self._manager = ocp.CheckpointManager(
-        self._directory, options=options, item_names=(_STATE, _DATA),
+        self._directory, options=options, item_names=(_STATE, _FROZEN, _DATA),
         item_handlers={_STATE: ocp.StandardCheckpointHandler(),
+                       _FROZEN: ocp.StandardCheckpointHandler(),
                        _DATA: grain.checkpoint.CheckpointHandler()})
 
   @property
@@ -139,7 +143,7 @@ class Checkpointer:
     """All committed steps, ascending."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step, state, data_iterator=None, *, force=False):
+  def save(self, step, state, data_iterator=None, *, frozen=None, force=False):
     """Starts saving `state` (and the iterator's position) as checkpoint `step`.
 
     Args:
@@ -147,6 +151,7 @@ class Checkpointer:
       state: a pytree of jax.Arrays (sharded or not), NumPy arrays and scalars.
       data_iterator: optional Grain iterator (``iter(grain.MapDataset...)`` or ``iter(DataLoader)``)
         whose position is saved with the state; its state is read now, before `save` returns.
+      frozen: the run's frozen parameters (a pytree), saved beside the state when not empty.
       force: save even if `step` is not a multiple of `save_interval_steps`.
     Returns:
       True if a save was started; False if the interval policy skipped it or the step already
@@ -161,28 +166,38 @@ class Checkpointer:
                  self._directory)
       return False
     items = {_STATE: ocp.args.StandardSave(state)}
+    if jax.tree.leaves(frozen):
+      items[_FROZEN] = ocp.args.StandardSave(frozen)
     if data_iterator is not None:
       _check_iterator(data_iterator)
       items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=force))
 
-  def restore(self, abstract_state, data_iterator=None, *, step=None):
+  def restore(self, abstract_state, data_iterator=None, *, step=None, abstract_frozen=None,
+              read_only=False):
     """Restores the newest usable checkpoint into the given shapes and shardings.
 
     Args:
       abstract_state: the train state's structure as a pytree whose array leaves are
         `jax.ShapeDtypeStruct`s with shardings (e.g. `jax.eval_shape` plus `NamedSharding`s), or
         concrete jax.Arrays whose shapes, dtypes and shardings are used. Arrays come back with
-        these shardings; dtypes are cast when they differ from the stored ones.
+        these shardings; dtypes are cast when they differ from the stored ones. None: the stored
+        structure, every array on one device (for readers that need no optimizer).
       data_iterator: optional Grain iterator to set, in place, to the saved position.
       step: restore exactly this step (no fallback to older steps); None picks the newest good one.
+      abstract_frozen: the frozen parameters' structure (like `abstract_state`); when given (even
+        empty), the result has a third element, the restored frozen tree ({} when none was saved).
+      read_only: never move bad steps aside (readers such as sample.py must not change a run).
     Returns:
-      (state, step), or None if the directory holds no checkpoint.
+      (state, step) — or (state, step, frozen) with `abstract_frozen` — or None if the directory
+      holds no checkpoint.
     Raises:
       CheckpointError: checkpoints exist but none is usable (or the requested `step` is not).
       CheckpointMismatchError: a checkpoint does not fit `abstract_state`.
     """
-    abstract_state = _as_abstract(abstract_state)
+    abstract_state = None if abstract_state is None else _as_abstract(abstract_state)
+    if abstract_frozen is not None and abstract_frozen is not _FROM_METADATA:
+      abstract_frozen = _as_abstract(abstract_frozen)
     if data_iterator is not None:
       _check_iterator(data_iterator)
     self._manager.wait_until_finished()
@@ -209,14 +224,20 @@ class Checkpointer:
 
     bad_steps = []
     for candidate in candidates:
-      state, reason = self._try_restore(candidate, abstract_state, data_iterator)
+      restored, reason = self._try_restore(candidate, abstract_state, data_iterator, abstract_frozen)
       if reason is None:
-        moved_to = self._move_aside([bad.step for bad in bad_steps])
-        for bad, target in zip(bad_steps, moved_to):
-          log.warning("Checkpoint step %d in %s is unusable (%s); restored step %d instead and moved "
-                      "step %d to %s.", bad.step, self._directory, bad.reason, candidate, bad.step,
-                      target)
-        return state, candidate
+        if read_only:
+          for bad in bad_steps:
+            log.warning("Checkpoint step %d in %s is unusable (%s); read step %d instead.", bad.step,
+                        self._directory, bad.reason, candidate)
+        else:
+          moved_to = self._move_aside([bad.step for bad in bad_steps])
+          for bad, target in zip(bad_steps, moved_to):
+            log.warning("Checkpoint step %d in %s is unusable (%s); restored step %d instead and moved "
+                        "step %d to %s.", bad.step, self._directory, bad.reason, candidate, bad.step,
+                        target)
+        state, frozen = restored
+        return (state, candidate) if abstract_frozen is None else (state, candidate, frozen)
       if step is not None:
         raise CheckpointError(f"Checkpoint step {candidate} in {self._directory} is unusable: {reason}.")
       bad_steps.append(_BadStep(candidate, reason))
@@ -225,6 +246,23 @@ class Checkpointer:
         f"No usable checkpoint in {self._directory}. Found {found}. Nothing was moved or deleted. "
         "To start training from scratch, use a new workdir (or move these step directories away); "
         "to recover, repair or replace the files named above.")
+
+  def read(self, step=None):
+    """Reads a checkpoint for inference, without a template and without changing the directory.
+
+    Every array comes back on the first local device in its stored structure (the optimizer state
+    included). Bad newer steps are reported and skipped, never moved.
+
+    Returns:
+      (state, frozen, step): the train state as nested dicts ({"params", "ema_params", "opt_state",
+      "step", "rng", "extra"}), the frozen parameters ({} when the run has none), and the step; or
+      None when the directory holds no checkpoint.
+    """
+    restored = self.restore(None, step=step, abstract_frozen=_FROM_METADATA, read_only=True)
+    if restored is None:
+      return None
+    state, step, frozen = restored
+    return state, frozen, step
 
   def wait(self):
     """Blocks until all started saves are on disk (and re-raises their errors)."""
@@ -255,15 +293,25 @@ class Checkpointer:
                                    f"save was never committed (no {_COMMIT_MARKER})"))
     return sorted(unfinished, key=lambda bad: -bad.step)
 
-  def _try_restore(self, step, abstract_state, data_iterator):
-    """Returns (state, None) or (None, reason); raises CheckpointMismatchError. Same on all hosts."""
-    state, reason = None, None
+  def _try_restore(self, step, abstract_state, data_iterator, abstract_frozen=None):
+    """Returns ((state, frozen), None) or (None, reason); raises CheckpointMismatchError. Same on all
+    hosts."""
+    state, frozen, reason = None, {}, None
     try:
       reason = self._check_files(step, data_iterator is not None)
       if reason is None:
         stored = self._stored_tree(step)
+        if abstract_state is None:
+          abstract_state = _abstract_from_metadata(stored)
         _check_compatible(stored, abstract_state, self._directory, step)
         items = {_STATE: ocp.args.StandardRestore(abstract_state)}
+        if abstract_frozen is not None:
+          stored_frozen = self._stored_tree(step, _FROZEN) if self._has_item(step, _FROZEN) else {}
+          if abstract_frozen is _FROM_METADATA:
+            abstract_frozen = _abstract_from_metadata(stored_frozen)
+          _check_compatible(stored_frozen, abstract_frozen, self._directory, step, what="frozen parameters")
+          if jax.tree.leaves(abstract_frozen):
+            items[_FROZEN] = ocp.args.StandardRestore(abstract_frozen)
         if data_iterator is not None:
           if self._has_data(step):
             items[_DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -272,13 +320,15 @@ class Checkpointer:
                         "its current position.", step, self._directory)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         state = restored[_STATE]
+        if _FROZEN in items:
+          frozen = restored[_FROZEN]
     except CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # any read failure means a bad step
       reason = f"{type(e).__name__}: {_first_line(str(e))}"
     if not _all_processes_agree(reason is None):
       reason = reason or "it could not be restored on another process"
-    return (state, None) if reason is None else (None, reason)
+    return ((state, frozen), None) if reason is None else (None, reason)
 
   def _step_dir(self, step):
     return self._directory / str(step)
@@ -314,12 +364,15 @@ class Checkpointer:
     return None
 
   def _has_data(self, step):
-    return (self._step_dir(step) / _DATA).exists()
+    return self._has_item(step, _DATA)
 
-  def _stored_tree(self, step):
-    metadata = self._manager.item_metadata(step)[_STATE]
+  def _has_item(self, step, item):
+    return (self._step_dir(step) / item).exists()
+
+  def _stored_tree(self, step, item=_STATE):
+    metadata = self._manager.item_metadata(step)[item]
     if metadata is None:
-      raise ValueError("state metadata could not be read")
+      raise ValueError(f"{item} metadata could not be read")
     return getattr(metadata, "tree", metadata)
 
   def _move_aside(self, steps):
@@ -367,6 +420,16 @@ def _as_abstract(tree):
   return jax.tree.map(convert, tree)
 
 
+def _abstract_from_metadata(stored_tree):
+  """The stored tree as ShapeDtypeStructs on the first local device (for restores without a template)."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def convert(leaf):
+    return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding)
+
+  return jax.tree.map(convert, stored_tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
 def _key_name(key):
   for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
@@ -389,20 +452,20 @@ def _flat_shapes(tree):
   return flat
 
 
-def _check_compatible(stored_tree, abstract_state, directory, step):
+def _check_compatible(stored_tree, abstract_state, directory, step, what="train state"):
   stored, wanted = _flat_shapes(stored_tree), _flat_shapes(abstract_state)
   differences = [f"{name}: checkpoint {stored[name]} vs expected {wanted[name]}"
                  for name in sorted(stored.keys() & wanted.keys()) if stored[name] != wanted[name]]
-  differences += [f"{name}: in the train state, missing from the checkpoint"
+  differences += [f"{name}: in the {what}, missing from the checkpoint"
                   for name in sorted(wanted.keys() - stored.keys())]
-  differences += [f"{name}: in the checkpoint, not in the train state"
+  differences += [f"{name}: in the checkpoint, not in the {what}"
                   for name in sorted(stored.keys() - wanted.keys())]
   if differences:
     listed = "; ".join(differences[:_MAX_LISTED_DIFFERENCES])
     more = len(differences) - _MAX_LISTED_DIFFERENCES
     listed += f"; and {more} more" if more > 0 else ""
     raise CheckpointMismatchError(
-        f"Checkpoint step {step} in {directory} does not match the train state ({listed}). The "
+        f"Checkpoint step {step} in {directory} does not match the {what} ({listed}). The "
         "workdir probably holds a run with a different model or optimizer config: use a new workdir "
         "for this config (or delete the old checkpoints).")
 

@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jdpm.training.objectives import DenoisingObjective
+from jdpm.training import objectives
 
 # Drop-probability ranges (low, high) of the reference recipe.
 DOWN_MASK_RATIOS = ((0.4, 0.5), (0.1, 0.2))
@@ -62,8 +62,9 @@ def draw_keep_mask(rng, batch_size, num_tokens, ratio_range):
   return u >= ratio[:, None], ratio
 
 
+@objectives.register("edt_masking")
 @dataclasses.dataclass(frozen=True)
-class EDTMaskingObjective(DenoisingObjective):
+class EDTMaskingObjective(objectives.MaskedPassObjective):
   """Full pass + masked pass denoising loss of an ``jdpm.models.EDT`` model.
 
   Attributes (besides those of `DenoisingObjective`):
@@ -73,6 +74,7 @@ class EDTMaskingObjective(DenoisingObjective):
       before block ``model.mid_mask_block``; None (the default) turns this off. The reference
       uses (0.15, 0.25) for EDT-XL only (``MID_MASK_RATIO``).
 
+  Config sub-dict ``config.edt_masking``: down_mask_ratios, mid_mask_ratio.
   Batch after `draw`: the `DenoisingObjective` fields for the full pass plus ``"masked"``:
   {"noise": like image, "drop": (B,) int, "down_keep": tuple of (B, n_k²) bool or None,
   "down_ratio": (B, n_down) float32, and with mid masking "mid_keep": (B, N) bool,
@@ -84,6 +86,7 @@ class EDTMaskingObjective(DenoisingObjective):
   mid_mask_ratio: tuple | None = None
 
   def __post_init__(self):
+    super().__post_init__()
     if not hasattr(self.model, "down_grid_sizes"):
       raise ValueError(f"EDTMaskingObjective needs an EDT model (with down-sampling modules), got "
                        f"{type(self.model).__name__}.")
@@ -101,21 +104,15 @@ class EDTMaskingObjective(DenoisingObjective):
                          f"stage, which has {self.model.stages_depth[0]} blocks.")
 
   @classmethod
-  def from_config(cls, model, diffusion, config):
-    """Builds the objective from a training config (see ``configs/edt.py``).
-
-    Reads ``config.diffusion.timestep_sampler``, ``config.diffusion.min_snr_gamma``,
-    ``config.model.class_dropout_prob`` and, when present, ``config.masking.down_mask_ratios`` and
-    ``config.masking.mid_mask_ratio``.
-    """
-    masking = config.get("masking") or {}
-    mid = masking.get("mid_mask_ratio")
-    return cls(model, diffusion,
-               timestep_sampler=config.diffusion.timestep_sampler,
-               class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
-               min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0),
-               down_mask_ratios=tuple(masking.get("down_mask_ratios", DOWN_MASK_RATIOS)),
-               mid_mask_ratio=None if mid is None else tuple(mid))
+  def from_config(cls, config, model, **kwargs):
+    """Builds the objective from a training config (see ``configs/edt.py``): the `DenoisingObjective`
+    fields, and ``config.edt_masking.down_mask_ratios`` / ``mid_mask_ratio`` when present."""
+    own = objectives.section(config, cls.name)
+    if own.get("down_mask_ratios") is not None:
+      own["down_mask_ratios"] = tuple(None if r is None else tuple(r) for r in own["down_mask_ratios"])
+    if own.get("mid_mask_ratio") is not None:
+      own["mid_mask_ratio"] = tuple(own["mid_mask_ratio"])
+    return super().from_config(config, model, **own, **kwargs)
 
   def draw_masks(self, rng, batch_size):
     """The masked pass's keep masks and ratios (see the class docstring)."""
@@ -140,7 +137,7 @@ class EDTMaskingObjective(DenoisingObjective):
 
   def draw(self, rng, batch, extra):
     rng_full, rng_noise, rng_drop, rng_masks = jax.random.split(rng, 4)
-    batch = super().draw(rng_full, batch, extra)
+    batch = objectives.DenoisingObjective.draw(self, rng_full, batch, extra)
     b = batch["image"].shape[0]
     masked = dict(
         noise=jax.random.normal(rng_noise, batch["image"].shape, jnp.float32),
@@ -148,28 +145,8 @@ class EDTMaskingObjective(DenoisingObjective):
         **self.draw_masks(rng_masks, b))
     return dict(batch, masked=masked)
 
-  def model_fn(self, params, batch):
-    """As `DenoisingObjective.model_fn`, with the batch's keep masks when it has any."""
-    if "down_keep" not in batch:
-      return super().model_fn(params, batch)
-
-    def fn(x_t, t):
-      return self.model.apply({"params": params}, x_t, t, batch["label"],
-                              force_drop_ids=batch["drop"], down_keep=batch["down_keep"],
-                              mid_keep=batch.get("mid_keep"))
-    return fn
-
-  def per_example_loss(self, params, batch):
-    masked = batch["masked"]
-    full_batch = {k: v for k, v in batch.items() if k != "masked"}
-    masked_batch = dict(full_batch, noise=masked["noise"], drop=masked["drop"],
-                        down_keep=masked["down_keep"])
-    if "mid_keep" in masked:
-      masked_batch["mid_keep"] = masked["mid_keep"]
-    return self.full_plus_masked_loss(params, full_batch, masked_batch)
+  def masked_call_kwargs(self, masked):
+    return dict(down_keep=masked["down_keep"], mid_keep=masked.get("mid_keep"))
 
 
-OBJECTIVES = {"edt_masking": EDTMaskingObjective}
-
-__all__ = ["DOWN_MASK_RATIOS", "EDTMaskingObjective", "MID_MASK_RATIO", "OBJECTIVES",
-           "draw_keep_mask"]
+__all__ = ["DOWN_MASK_RATIOS", "EDTMaskingObjective", "MID_MASK_RATIO", "draw_keep_mask"]

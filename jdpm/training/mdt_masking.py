@@ -36,11 +36,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jdpm.training.objectives import DenoisingObjective
-
-# Batch entries `draw` adds for the masked pass.
-MASKED_PASS_KEYS = ("token_mask", "mask_noise", "mask_drop")
-
+from jdpm.training import objectives
 
 def draw_token_mask(rng, batch_size, num_tokens, min_ratio, ratio_span=0.2, max_keep=None,
                     per_example_ratio=False):
@@ -73,8 +69,9 @@ def draw_token_mask(rng, batch_size, num_tokens, min_ratio, ratio_span=0.2, max_
   return rank >= num_keep[:, None]
 
 
+@objectives.register("mdt_masking")
 @dataclasses.dataclass(frozen=True)
-class MaskedDenoisingObjective(DenoisingObjective):
+class MaskedDenoisingObjective(objectives.MaskedPassObjective):
   """`DenoisingObjective` on a full pass plus an MDTv2 masked pass (see the module docstring).
 
   Attributes (besides those of `DenoisingObjective`):
@@ -83,13 +80,15 @@ class MaskedDenoisingObjective(DenoisingObjective):
 
   ``model`` must be an `MDTv2` (or any denoiser with ``mask_ratio``, ``input_size``,
   ``patch_size`` and a ``mask=`` call argument) created with a ``mask_ratio``.
-  Batch after `draw`: that of `DenoisingObjective` plus "token_mask" (B, N) bool (True =
-  dropped), "mask_noise" (B, H, W, C) and "mask_drop" (B,) for the masked pass.
+  Config sub-dict ``config.mdt_masking``: mask_ratio_span, per_example_ratio.
+  Batch after `draw`: that of `DenoisingObjective` plus ``"masked"``: {"token_mask": (B, N) bool
+  (True = dropped), "noise": (B, H, W, C), "drop": (B,)} for the masked pass.
   """
   mask_ratio_span: float = 0.2
   per_example_ratio: bool = False
 
   def __post_init__(self):
+    super().__post_init__()
     if getattr(self.model, "mask_ratio", None) is None:
       raise ValueError("MaskedDenoisingObjective needs a model created with mask_ratio (MDTv2's "
                        "official training uses mask_ratio=0.3).")
@@ -100,32 +99,22 @@ class MaskedDenoisingObjective(DenoisingObjective):
 
   def draw(self, rng, batch, extra):
     rng_full, rng_mask, rng_noise, rng_drop = jax.random.split(rng, 4)
-    batch = super().draw(rng_full, batch, extra)
+    batch = objectives.DenoisingObjective.draw(self, rng_full, batch, extra)
     b = batch["image"].shape[0]
     token_mask = draw_token_mask(rng_mask, b, self.num_tokens, self.model.mask_ratio,
                                  self.mask_ratio_span, self.model.default_keep_slots,
                                  self.per_example_ratio)
-    mask_noise = jax.random.normal(rng_noise, batch["image"].shape, jnp.float32)
-    mask_drop = (jax.random.uniform(rng_drop, (b,)) < self.class_dropout_prob).astype(jnp.int32)
-    return dict(batch, token_mask=token_mask, mask_noise=mask_noise, mask_drop=mask_drop)
+    noise = jax.random.normal(rng_noise, batch["image"].shape, jnp.float32)
+    drop = (jax.random.uniform(rng_drop, (b,)) < self.class_dropout_prob).astype(jnp.int32)
+    return dict(batch, masked=dict(token_mask=token_mask, noise=noise, drop=drop))
 
-  def model_fn(self, params, batch):
-    """``model_fn(x_t, t)``: the masked pass when the batch has a "token_mask", else the full
-    pass."""
-    mask = batch.get("token_mask")
-
-    def fn(x_t, t):
-      return self.model.apply({"params": params}, x_t, t, batch["label"],
-                              force_drop_ids=batch["drop"], mask=mask)
-    return fn
+  def masked_call_kwargs(self, masked):
+    return dict(mask=masked["token_mask"])
 
   def per_example_loss(self, params, batch):
-    full_batch = {k: v for k, v in batch.items() if k not in MASKED_PASS_KEYS}
-    masked_batch = dict(full_batch, token_mask=batch["token_mask"], noise=batch["mask_noise"],
-                        drop=batch["mask_drop"])
-    losses, aux = self.full_plus_masked_loss(params, full_batch, masked_batch)
-    aux["mask_ratio"] = jnp.mean(batch["token_mask"].astype(jnp.float32), axis=1)
+    losses, aux = super().per_example_loss(params, batch)
+    aux["mask_ratio"] = jnp.mean(batch["masked"]["token_mask"].astype(jnp.float32), axis=1)
     return losses, aux
 
 
-__all__ = ["MASKED_PASS_KEYS", "MaskedDenoisingObjective", "draw_token_mask"]
+__all__ = ["MaskedDenoisingObjective", "draw_token_mask"]

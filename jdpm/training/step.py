@@ -4,6 +4,9 @@ A training objective supplies three pure functions (see `Objective`); the step k
 All randomness of a step is drawn once for the whole global batch, before any micro-batch split, from
 ``fold_in(state.rng, state.step)``. That is what makes gradient accumulation equal to the full-batch step
 and a resumed run identical to an uninterrupted one.
+
+Frozen parameters (`jdpm.training.freeze`) are the update's third argument: the objective sees them merged
+with the trainable ones, but they are never differentiated, never in the optimizer, never changed.
 """
 
 from typing import Any, Callable, Protocol
@@ -12,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdpm.training import freeze
 from jdpm.training.state import TrainState
 
 
@@ -42,7 +46,7 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
                    ema_decay: float = 0.9999, ema_warmup: bool = False, grad_accum_steps: int = 1,
                    compute_dtype=None,
                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None):
-  """Builds ``update(state, batch) -> (state, metrics)``, to be wrapped in `jax.jit` (see `jit_update_fn`).
+  """Builds ``update(state, batch, frozen=None) -> (state, metrics)``, for `jax.jit` (see `jit_update_fn`).
 
   Args:
     objective: the training objective.
@@ -62,15 +66,16 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}.")
 
-  def mean_loss(params, batch):
-    losses, aux = objective.per_example_loss(cast_floats(params, compute_dtype),
-                                             cast_floats(batch, compute_dtype))
+  def mean_loss(params, frozen, batch):
+    # Only `params` is differentiated; the frozen half enters the model as a constant of the gradient.
+    full = freeze.merge(params, frozen)
+    losses, aux = objective.per_example_loss(cast_floats(full, compute_dtype), cast_floats(batch, compute_dtype))
     losses = losses.astype(jnp.float32)
     return jnp.mean(losses), (losses, aux)
 
   grad_fn = jax.grad(mean_loss, has_aux=True)
 
-  def accumulated_grads(params, batch):
+  def accumulated_grads(params, frozen, batch):
     """Gradients of the batch mean, computed micro-batch by micro-batch."""
     b = jax.tree.leaves(batch)[0].shape[0]
     k = grad_accum_steps
@@ -81,7 +86,7 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
     micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(b // k, k, *a.shape[1:]), 0, 1), batch)
 
     def body(acc, mb):
-      g, (losses, aux) = grad_fn(params, mb)
+      g, (losses, aux) = grad_fn(params, frozen, mb)
       return jax.tree.map(jnp.add, acc, g), (losses, aux)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -89,13 +94,13 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
     unsplit = lambda a: jnp.swapaxes(a, 0, 1).reshape(b, *a.shape[2:])
     return jax.tree.map(lambda g: g / k, grads), (unsplit(losses), jax.tree.map(unsplit, aux))
 
-  def update(state: TrainState, batch: dict):
+  def update(state: TrainState, batch: dict, frozen=None):
     rng = jax.random.fold_in(state.rng, state.step)
     batch = objective.draw(rng, batch, state.extra)
     if grad_accum_steps == 1:
-      grads, (losses, aux) = grad_fn(state.params, batch)
+      grads, (losses, aux) = grad_fn(state.params, frozen, batch)
     else:
-      grads, (losses, aux) = accumulated_grads(state.params, batch)
+      grads, (losses, aux) = accumulated_grads(state.params, frozen, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay
@@ -118,7 +123,14 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
   return update
 
 
-def jit_update_fn(update, state_shardings, batch_sharding, replicated):
-  """`jax.jit` of an update function with explicit shardings and the state donated (updated in place)."""
-  return jax.jit(update, in_shardings=(state_shardings, batch_sharding),
+def jit_update_fn(update, state_shardings, batch_sharding, replicated, frozen_shardings=None):
+  """`jax.jit` of an update function with explicit shardings and the state donated (updated in place).
+
+  With `frozen_shardings` the result is called as ``update(state, batch, frozen)`` (the frozen parameters
+  are an argument, not constants baked into the program); without, as ``update(state, batch)``.
+  """
+  if frozen_shardings is None:
+    return jax.jit(lambda state, batch: update(state, batch), in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return jax.jit(update, in_shardings=(state_shardings, batch_sharding, frozen_shardings),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

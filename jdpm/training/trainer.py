@@ -3,7 +3,7 @@
 Run it through ``train.py``. Every run lives in one work directory::
 
   workdir/config.json          the resolved config (a resumed run must use the same model)
-  workdir/checkpoints/<step>/  Orbax checkpoints: train state + data-iterator position
+  workdir/checkpoints/<step>/  Orbax checkpoints: train state (+ frozen parameters) + data-iterator position
   workdir/metrics.jsonl        one JSON line per logged step
   workdir/tensorboard/         TensorBoard event files
   workdir/samples/<step>.png   sample grids drawn with the EMA parameters
@@ -27,20 +27,20 @@ import numpy as np
 import tqdm
 
 from jdpm import data as data_lib
-from jdpm import diffusion as diffusion_lib
-from jdpm import models
 from jdpm import parallel
 from jdpm.training import checkpoint as checkpoint_lib
+from jdpm.training import freeze, objectives, optimizers, preemption, schedules
 from jdpm.training import metrics as metrics_lib
-from jdpm.training import objectives, optimizers, preemption, schedules
-from jdpm.training.state import TrainState, create_train_state
+from jdpm.training import run as run_lib
+from jdpm.training.state import create_train_state
 from jdpm.training.step import jit_update_fn, make_update_fn
 
 log = logging.getLogger("jdpm.train")
 
 
-class ConfigError(ValueError):
-  """A config that cannot work; the message says which field and what to do."""
+ConfigError = run_lib.ConfigError
+model_kwargs = run_lib.model_kwargs
+create_model = run_lib.create_model
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -54,95 +54,94 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def model_kwargs(config) -> dict:
-  """The keyword arguments of ``jdpm.models.create`` from ``config.model`` (all fields but ``name``)."""
-  kwargs = config.model.to_dict()
-  kwargs.pop("name")
-  return kwargs
-
-
-def create_model(config):
-  return models.create(config.model.name, **model_kwargs(config))
-
-
-def create_training_diffusion(config):
-  return diffusion_lib.create_diffusion("", noise_schedule=config.diffusion.beta_schedule,
-                                        diffusion_steps=config.diffusion.num_timesteps,
-                                        learn_sigma=config.model.get("learn_sigma", True))
-
-
-OBJECTIVES = ("denoising", "edt_masking", "mdt_masking")
-
-
 def make_objective(config, model):
-  """The training objective named by ``config.objective`` (default "denoising").
-
-  "denoising": the DiT loss; "edt_masking": EDT's full + token relation-enhanced masked pass;
-  "mdt_masking": MDTv2's full + mask latent modelling pass.
-  """
-  name = config.get("objective", "denoising")
-  diffusion = create_training_diffusion(config)
-  common = dict(model=model, diffusion=diffusion, timestep_sampler=config.diffusion.timestep_sampler,
-                class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
-                min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0))
-  if name == "denoising":
-    return objectives.DenoisingObjective(**common)
-  if name == "edt_masking":
-    from jdpm.training import edt_masking as masking
-    return masking.EDTMaskingObjective.from_config(model, diffusion, config)
-  if name == "mdt_masking":
-    from jdpm.training import mdt_masking
-    return mdt_masking.MaskedDenoisingObjective(
-        **common, mask_ratio_span=config.get("mask_ratio_span", 0.2),
-        per_example_ratio=config.get("mask_per_example_ratio", False))
-  raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+  """The training objective named by ``config.objective`` (see `jdpm.training.objectives`)."""
+  try:
+    return objectives.create(config, model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
-def validate(config, data_info) -> None:
+def validate(config, data_info, model=None, objective=None) -> None:
   """Fails fast, with one line, on configs that cannot run on this machine or this data."""
   n_dev = jax.device_count()
+  if config.batch_size < 1:
+    raise ConfigError(f"batch_size must be a positive integer; got {config.batch_size}.")
   if config.batch_size % n_dev:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {n_dev} devices; "
                       f"set --config.batch_size to a multiple of {n_dev}.")
-  if config.batch_size % config.grad_accum_steps or (config.batch_size // config.grad_accum_steps) % n_dev:
+  if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps or (
+      config.batch_size // config.grad_accum_steps) % n_dev:
     raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps="
                       f"{config.grad_accum_steps} micro-batches that are each divisible by {n_dev} devices.")
   h, w, c = data_info.image_shape
-  size, channels = config.model.get("input_size"), config.model.get("in_channels")
-  if (size, size, channels) != (h, w, c):
-    raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
-                      f"{size}x{size}x{channels}; set --config.model.input_size/--config.model.in_channels.")
-  if config.model.get("num_classes") != data_info.num_classes:
+  if model is not None and hasattr(model, "sample_shape"):
+    if tuple(model.sample_shape) != (h, w, c):
+      mh, _, mc = model.sample_shape
+      raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
+                        f"{mh}x{mh}x{mc}; set --config.model.input_size/--config.model.in_channels.")
+  else:
+    size, channels = config.model.get("input_size"), config.model.get("in_channels")
+    if (size, size, channels) != (h, w, c):
+      raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
+                        f"{size}x{size}x{channels}; set --config.model.input_size/--config.model.in_channels.")
+  reads_labels = objective is None or "label" in getattr(objective, "batch_keys", ("label",))
+  if reads_labels and "num_classes" in config.model and config.model.num_classes != data_info.num_classes:
     raise ConfigError(f"dataset {data_info.name!r} has {data_info.num_classes} classes but "
                       f"config.model.num_classes={config.model.get('num_classes')}.")
+  if objective is not None:
+    missing = [k for k in objective.batch_keys if k not in data_info.element_spec]
+    if missing:
+      raise ConfigError(f"objective {config.get('objective', 'denoising')!r} reads batch keys {missing} that "
+                        f"dataset {data_info.name!r} does not yield (it yields {sorted(data_info.element_spec)}).")
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}.")
 
 
 def _check_workdir_config(workdir: pathlib.Path, config) -> None:
-  """Stores the config on a fresh run; refuses to resume a run of a different model."""
-  path = workdir / "config.json"
+  """Refuses to resume a run of a different model, then stores the config.
+
+  Called only once the model and objective were built from the config, so a config that fails to build
+  never marks a workdir as holding a run.
+  """
+  path = workdir / run_lib.CONFIG_FILE
   current = json.loads(config.to_json_best_effort())
   if path.exists():
     stored = json.loads(path.read_text())
-    if stored.get("model") != current["model"]:
+    has_run = (workdir / run_lib.CHECKPOINT_DIR).is_dir() and any((workdir / run_lib.CHECKPOINT_DIR).iterdir())
+    if stored.get("model") != current["model"] and has_run:
       raise ConfigError(f"{workdir} holds a run of a different model ({stored.get('model')}); "
                         f"use a new --workdir or the same model config.")
   if jax.process_index() == 0:
     path.write_text(json.dumps(current, indent=2))
 
 
+def example_batch(data_info, keys):
+  """A batch of one zero example per data key, shaped as the data pipeline yields it (for model init)."""
+  batch = {}
+  for key in keys:
+    shape, dtype = data_info.element_spec[key]
+    batch[key] = jnp.zeros((1,) + tuple(shape), dtype)
+  return batch
+
+
 @dataclasses.dataclass
 class Trainer:
-  """Everything built from a config; `run` trains. Also used by tests and benchmarks piece by piece."""
+  """Everything built from a config; `run` trains. Also used by tests and benchmarks piece by piece.
+
+  The train state holds the trainable parameters (with optimizer state and EMA); the frozen parameters
+  (``config.frozen_patterns``) are a separate tree, passed to `update` as an argument.
+  """
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   model: object
-  objective: objectives.DenoisingObjective
+  objective: object
   optimizer: object
   lr_schedule: object
   state_shardings: object
   abstract_state: object
+  frozen_shardings: object
+  abstract_frozen: object
   update: object
   init: object
 
@@ -151,46 +150,69 @@ class Trainer:
     mesh = parallel.make_mesh(config.fsdp)
     model = create_model(config)
     objective = make_objective(config, model)
+    validate(config, data_info, model, objective)
     lr_schedule = schedules.make_schedule(config.optimizer)
     optimizer = optimizers.make_optimizer(config.optimizer)
-    init = make_init_fn(model, optimizer, objective, data_info)
-    abstract = jax.eval_shape(init, jax.random.key(config.seed))
-    shardings = parallel.tree_shardings(abstract, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    init = make_init_fn(objective, optimizer, data_info, config.get("frozen_patterns", ()))
+    try:
+      abstract_state, abstract_frozen = jax.eval_shape(init, jax.random.key(config.seed))
+    except ValueError as e:
+      if "frozen_patterns" in str(e):
+        raise ConfigError(str(e)) from None
+      raise
+    state_shardings = parallel.tree_shardings(abstract_state, mesh)
+    frozen_shardings = parallel.tree_shardings(abstract_frozen, mesh)
+    with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    abstract_state = jax.tree.map(with_sharding, abstract_state, state_shardings)
+    abstract_frozen = jax.tree.map(with_sharding, abstract_frozen, frozen_shardings)
     compute_dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     update = make_update_fn(objective, optimizer, ema_decay=config.ema_decay,
                             ema_warmup=config.get("ema_warmup", False),
                             grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype,
                             lr_schedule=lr_schedule)
-    update = jit_update_fn(update, shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh))
-    return cls(config, mesh, model, objective, optimizer, lr_schedule, shardings, abstract, update, init)
+    update = jit_update_fn(update, state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh),
+                           frozen_shardings=frozen_shardings)
+    return cls(config, mesh, model, objective, optimizer, lr_schedule, state_shardings, abstract_state,
+               frozen_shardings, abstract_frozen, update, init)
 
-  def init_state(self) -> TrainState:
-    """A fresh train state, created directly with its shardings (never materialised on one device)."""
-    return jax.jit(self.init, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
+  def init_state(self):
+    """A fresh (train state, frozen parameters) pair, created directly with its shardings (never
+    materialised on one device), with ``config.init_from``'s pretrained weights when set."""
+    state, frozen = jax.jit(self.init, out_shardings=(self.state_shardings, self.frozen_shardings))(
+        jax.random.key(self.config.seed))
+    if self.config.get("init_from") and self.config.init_from.get("path"):
+      params, frozen = run_lib.load_pretrained(self.config, state.params, frozen)
+      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+      log.info("initialised from %s", self.config.init_from.path)
+    return state, frozen
 
 
-def make_init_fn(model, optimizer, objective, data_info):
-  """``init(rng) -> TrainState`` for `jax.eval_shape` and the sharded `jax.jit` init."""
-  h, w, c = data_info.image_shape
+def make_init_fn(objective, optimizer, data_info, frozen_patterns=()):
+  """``init(rng) -> (TrainState, frozen)`` for `jax.eval_shape` and the sharded `jax.jit` init.
+
+  The model's example inputs come from the objective and the data (`example_batch`); parameters matching
+  `frozen_patterns` are split off (see `jdpm.training.freeze`).
+  """
+  example = example_batch(data_info, objective.batch_keys)
 
   def init(rng):
     rng_params, rng_train = jax.random.split(rng)
-    x = jnp.zeros((1, h, w, c), jnp.float32)
-    params = model.init(rng_params, x, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))["params"]
-    return create_train_state(params, optimizer, rng_train, extra=objective.init_extra())
+    params = objective.init_params(rng_params, example)
+    params, frozen = freeze.split(params, frozen_patterns)
+    return create_train_state(params, optimizer, rng_train, extra=objective.init_extra()), frozen
 
   return init
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
   """Trains `config` in `workdir`, resuming from its newest good checkpoint.
 
   Args:
     config: a config from ``configs/*.py``.
     workdir: the run's directory (created if missing).
-    sample_fn: optional ``sample_fn(trainer, state, step, path)`` writing a sample grid PNG; called every
-      ``config.sample_every`` steps and at the end of training (process 0 writes).
+    sample_fn: optional ``sample_fn(model, ema_params, config, path, mesh=...)`` writing a sample grid PNG
+      (ema_params merged with the frozen parameters); called every ``config.sample_every`` steps and at the
+      end of training (process 0 writes).
   Returns:
     the final train state.
   """
@@ -201,25 +223,25 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
     data_info = data_lib.dataset_info(config.data.name, data_dir=data_dir)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  validate(config, data_info)
-  _check_workdir_config(workdir, config)
-
   trainer = Trainer.from_config(config, data_info)
+  _check_workdir_config(workdir, config)
   data_iter = data_lib.make_train_iterator(
       config.data.name, "train", config.batch_size, seed=config.seed, data_dir=data_dir,
       random_flip=config.data.random_flip, worker_count=config.data.worker_count)
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints,
                                      save_interval_steps=config.checkpoint_every)
-  restored = ckpt.restore(trainer.abstract_state, data_iter)
+  restored = ckpt.restore(trainer.abstract_state, data_iter, abstract_frozen=trainer.abstract_frozen)
   if restored is None:
-    state, start = trainer.init_state(), 0
+    (state, frozen), start = trainer.init_state(), 0
     log.info("starting a new run in %s", workdir)
   else:
-    state, start = restored
+    state, start, frozen = restored
     log.info("resumed from step %d in %s", start, workdir)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  log.info("model %s: %.2f M parameters; %d devices, global batch %d", config.model.name, n_params / 1e6,
-               jax.device_count(), config.batch_size)
+  n_frozen = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(frozen))
+  log.info("model %s: %.2f M trained parameters%s; %d devices, global batch %d", config.model.name,
+           n_params / 1e6, f" (+ {n_frozen / 1e6:.2f} M frozen)" if n_frozen else "", jax.device_count(),
+           config.batch_size)
 
   writer = metrics_lib.MetricsWriter(workdir)
   pending = None  # (step, device metrics) of the previous step: fetched one step late.
@@ -233,7 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
     while step < config.total_steps:
       batch = parallel.global_batch(next(data_iter), trainer.mesh)
       batch.pop("index", None)
-      state, metrics = trainer.update(state, batch)
+      state, metrics = trainer.update(state, batch, frozen)
       step += 1
       steps_since += 1
       if pending is not None:
@@ -245,9 +267,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
         t_last, steps_since = now, 0
         pending = (step, metrics)
       bar.update(1)
-      ckpt.save(step, state, data_iter)
+      ckpt.save(step, state, data_iter, frozen=frozen)
       if sample_fn is not None and config.sample_every and step % config.sample_every == 0:
-        sample_fn(trainer, state, step, workdir / "samples" / f"{step:08d}.png")
+        _sample(sample_fn, trainer, state, frozen, workdir / "samples" / f"{step:08d}.png")
       if guard.should_stop_all():
         log.warning("stop requested (signal); saving step %d and exiting", step)
         break
@@ -260,14 +282,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None) ->
           break
     if pending is not None:
       _log(writer, bar, *pending)
-    ckpt.save(step, state, data_iter, force=True)
+    ckpt.save(step, state, data_iter, frozen=frozen, force=True)
     ckpt.wait()
   bar.close()
   if sample_fn is not None and step == config.total_steps and step % max(config.sample_every, 1):
-    sample_fn(trainer, state, step, workdir / "samples" / f"{step:08d}.png")
+    _sample(sample_fn, trainer, state, frozen, workdir / "samples" / f"{step:08d}.png")
   writer.close()
   ckpt.close()
   return state
+
+
+def _sample(sample_fn, trainer, state, frozen, path):
+  sample_fn(trainer.model, freeze.merge(state.ema_params, frozen), trainer.config, path, mesh=trainer.mesh)
 
 
 def _log(writer, bar, step, metrics):
