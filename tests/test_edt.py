@@ -169,6 +169,31 @@ def test_relative_position_index_matches_official():
                                 .transpose(2, 0, 1))
 
 
+@functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+def masked_forward(variables, x, t, y, keep_0, keep_1):
+  model = jdpm.models.create("EDT", **GOLDEN_KWARGS)
+  return model.apply(variables, x, t, y, down_keep=(keep_0, keep_1))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_masked_pass_matches_official(seed):
+  """The official masked training forward (``enable_down_mask=True``, std-0.1 weights, no AMM),
+  fed the keep masks its two down-sampling modules received (edt_masked.npz)."""
+  data = dict(np.load(DATA / "edt_tiny_std0p1.npz"))
+  masked = np.load(DATA / "edt_masked.npz")
+  assert float(masked["meta/param_std"]) == float(data["meta/param_std"])
+  variables = jdpm.convert.from_official(golden_state_dict(data), "EDT", **GOLDEN_KWARGS)
+  keep = [masked[f"seed{seed}/down_keep/{k}"] for k in (0, 1)]
+  assert keep[0].shape == (3, 256) and keep[1].shape == (3, 64)
+  # Drop rates of the recipe: p ~ U(0.4, 0.5) at the first module, U(0.1, 0.2) at the second.
+  assert 0.35 < 1 - keep[0].mean() < 0.55 and 0.05 < 1 - keep[1].mean() < 0.25
+  got = masked_forward(variables, nhwc(data["input/x"]), data["input/t"], data["input/y"], *keep)
+  reference = nhwc(masked[f"seed{seed}/out"])
+  assert rel_err(got, reference) <= RTOL, rel_err(got, reference)
+  # The masks matter far beyond the tolerance: the unmasked output is another one.
+  assert rel_err(data["out/noamm"], masked[f"seed{seed}/out"]) > 100 * RTOL
+
+
 # ---------------------------------------------------------------------------------------------
 # Architecture: presets, counts, geometry, custom splits.
 # ---------------------------------------------------------------------------------------------
