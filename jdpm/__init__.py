@@ -11,13 +11,15 @@ Subpackages are imported on first attribute access so that ``import jdpm`` stays
 - ``jdpm.parallel``   device mesh and sharding rules
 - ``jdpm.eval``       evaluation metrics
 - ``jdpm.generate``   class-conditional sampling from a Flax denoiser, image grids
+- ``jdpm.pipelines``  text-to-image with Stable Diffusion folders (text encoder, UNet, sampler, VAE)
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("diffusion", "samplers", "models", "convert", "training", "data", "parallel", "eval", "generate")
+_SUBPACKAGES = ("diffusion", "samplers", "models", "convert", "training", "data", "parallel", "eval", "generate",
+                "pipelines")
 
 
 def __getattr__(name):
