@@ -67,7 +67,7 @@ def main():
   import jax
   from jdpm import generate, models
   from jdpm.eval import proxy
-  from jdpm.training import trainer
+  from jdpm.training import run, trainer
 
   classifier = proxy.load_proxy_classifier("shapes", args.data_dir)  # trained once, then reused
   real, real_labels = proxy.load_split("shapes", "test", args.data_dir)
@@ -80,20 +80,12 @@ def main():
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: the budget is the whole training
     config = model_config(family, args, workdir)
     t0 = time.time()
-    state = trainer.train(config, workdir)
-    steps = int(state.step)
-    kw = dict(config.model)
-    model = models.create(kw.pop("name"), **kw)
+    trainer.train(config, workdir)
+    config, model, variables, steps = run.restore(workdir)
     params = models.count_params(model)
-    variables = {"params": state.ema_params}
     for amm in (False, True):
-      s = config.sample
-      images = generate.sample_images(
-          model, variables, labels, jax.random.key(args.seed + 1), sampler="unipc", steps=10, order=s.order,
-          cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels, amm=amm, cfg_scale_pow=generate.guidance_power(s),
-          clip_denoised=s.get("clip_denoised", False),
-          learn_sigma=True, num_timesteps=config.diffusion.num_timesteps,
-          beta_schedule=config.diffusion.beta_schedule)
+      options = generate.sample_options(config, sampler="unipc", steps=10, amm=amm)
+      images = generate.sample_images(model, variables, labels, jax.random.key(args.seed + 1), **options)
       metrics = proxy.proxy_metrics(generate.host_array(images), labels, classifier=classifier,
                                     data_dir=args.data_dir)
       rows.append(dict(family=family, params=params, steps=steps, steps_per_s=steps / (args.budget_minutes * 60),

@@ -1,5 +1,9 @@
-"""Training: train state, the jitted update step, objectives, optimizers, checkpoints, the training loop."""
+"""Training: train state, the jitted update step, objectives, optimizers, checkpoints, the training loop.
 
+`run.restore(workdir)` reads a trained run back for inference; `freeze` splits frozen parameters off.
+"""
+
+from jdpm.training import freeze, objectives, run
 from jdpm.training.checkpoint import CheckpointError, Checkpointer, CheckpointMismatchError
 from jdpm.training.objectives import DenoisingObjective
 from jdpm.training.optimizers import AdanState, adan, make_optimizer
