@@ -58,7 +58,10 @@ def machine() -> str:
 
 
 def command() -> str:
-  return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+  """The command line of this run, as a user would type it from the repository root."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  program = ["-m", spec.name] if spec is not None and spec.name else [os.path.relpath(sys.argv[0], ROOT)]
+  return "python " + " ".join(shlex.quote(a) for a in program + sys.argv[1:])
 
 
 def record(title: str, body: str) -> None:
