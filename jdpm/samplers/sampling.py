@@ -304,9 +304,10 @@ def sample(noise_fn, sched, x_T, *, method="unipc", steps=10, order=None, varian
       lambda as the previous one is taken at first order: the last step of time grids, which grows as t_end
       shrinks (3.5-5x the previous one at t_end = 1e-3, ~20x at 1e-12) and which a full-order multistep step
       would extrapolate over (errors up to 190x DDIM's). "authors": the authors' rule exactly (UniPC lowers
-      the final steps to min(order, steps remaining) always, DPM-Solver multistep only when steps < 10);
-      a warning (`LongFinalStepWarning`) flags a last step over 3x longer than the previous one taken at
-      order >= 2. False: never lower.
+      the final steps to min(order, steps remaining) always, DPM-Solver multistep only when steps < 10).
+      False: never lower. With "authors" or False, a last step over 3x longer than the previous one kept at
+      order >= 2 emits a `LongFinalStepWarning`. Multistep methods only (singlestep DPM-Solver keeps the
+      authors' order allocation).
     t_start, t_end: time range (defaults: sched.T and 1 / sched.total_n); 0 < t_end < t_start.
     solver: for dpm_solver(++): "multistep", "singlestep" (DPM-Solver-fast order mix, NFE = steps) or
       "singlestep_fixed" (steps // order steps of the given order).

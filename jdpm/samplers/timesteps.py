@@ -120,10 +120,10 @@ def singlestep_grid(view, skip_type, t_start, t_end, steps, order, fixed):
 
 
 def check_lower_order_final(value):
-  """The canonical `lower_order_final`: True, "authors" or False (NumPy booleans accepted)."""
+  """The canonical `lower_order_final`: True, "authors" or False (NumPy booleans and 0 / 1 accepted)."""
   if isinstance(value, str) and value == "authors":
     return value
-  if isinstance(value, (bool, np.bool_)):
+  if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
     return bool(value)
   raise ValueError(f"lower_order_final must be True, 'authors' or False; got {value!r}.")
 
