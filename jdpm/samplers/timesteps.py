@@ -131,8 +131,8 @@ def check_lower_order_final(value):
 def multistep_orders(steps, order, lower_order_final, short_grid):
   """The order of each of the `steps` steps of a multistep method, before the long-step rule.
 
-  Steps 1, 2, .. warm up with orders 1, 2, .. (no earlier outputs yet). On a short grid, fewer than
-  `short_grid` steps (None: any grid), the final steps use min(order, steps + 1 - i) when lower_order_final
+  Steps i = 1, 2, .. < order warm up with order i (no earlier outputs yet). On a short grid, fewer than
+  `short_grid` steps (None: any grid), the later steps use min(order, steps + 1 - i) when lower_order_final
   is True or "authors", as in the authors' code; with False they keep the full order.
   Args:
     steps, order: the number of steps and the method's order.
@@ -142,7 +142,8 @@ def multistep_orders(steps, order, lower_order_final, short_grid):
     a list of `steps` ints.
   """
   short = lower_order_final is not False and (short_grid is None or steps < short_grid)
-  return [min(i, order, steps + 1 - i) if short else min(i, order) for i in range(1, steps + 1)]
+  # Warm-up first, as in the authors' loops (with order > 3 and few steps the two rules overlap).
+  return [i if i < order else min(order, steps + 1 - i) if short else order for i in range(1, steps + 1)]
 
 
 def long_steps(xp, lams):
