@@ -42,7 +42,7 @@ def parser(description, checkouts):
   p = argparse.ArgumentParser(description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   for name, (repo, commit) in checkouts.items():
-    p.add_argument(f"--{name}", required=True, type=pathlib.Path,
+    p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=pathlib.Path,
                    help=f"checkout of github.com/{repo} at commit {commit}")
   p.add_argument("--out", type=pathlib.Path, default=DATA,
                  help="folder to write to (default: tests/data)")
