@@ -45,9 +45,9 @@ _UNET_UNSUPPORTED = {
     "downsample_type": ("conv", None), "upsample_type": ("conv", None),
     "time_embedding_type": ("positional",),
 }
-# Config keys of the diffusers UNet classes that have no effect on the supported blocks.
-_UNET_IGNORED = ("resnet_out_scale_factor", "mid_block_only_cross_attention",
-                 "addition_embed_type_num_heads", "addition_time_embed_dim", "num_train_timesteps")
+# Other config keys that are not module attributes (resnet_out_scale_factor,
+# mid_block_only_cross_attention, addition_embed_type_num_heads, ...) only concern blocks jdpm does not
+# implement, which the block-type check rejects, and are ignored.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,16 +179,16 @@ def build_model(config, class_name=None, dtype=jnp.float32, **overrides):
 
 
 def _vae_kwargs(config):
-  with_check = dict(config)
-  # vae.diffusers_config validates the block types and reads the fields from a config file path;
-  # do the same checks on the dict here.
-  blocks = set(with_check.get("down_block_types", ())) | set(with_check.get("up_block_types", ()))
+  """diffusers AutoencoderKL config → ``AutoencoderKL`` attributes (the checks of
+  ``jdpm.convert.vae.diffusers_config``, on a dict)."""
+  blocks = set(config.get("down_block_types", ())) | set(config.get("up_block_types", ()))
   unsupported = blocks - {"DownEncoderBlock2D", "UpDecoderBlock2D"}
-  if unsupported or with_check.get("use_quant_conv") is False or with_check.get("shift_factor"):
+  if unsupported or config.get("use_quant_conv") is False or config.get("shift_factor"):
     raise ValueError(f"Unsupported AutoencoderKL config: blocks {sorted(blocks)}, use_quant_conv="
-                     f"{with_check.get('use_quant_conv')}, shift_factor={with_check.get('shift_factor')} "
+                     f"{config.get('use_quant_conv')}, shift_factor={config.get('shift_factor')} "
                      "(jdpm implements the SD 1.x/2.x VAE).")
-  return {k: _tuples(v) for k, v in config.items() if k in vae_convert._CONFIG_FIELDS}  # pylint: disable=protected-access
+  fields = vae_convert._CONFIG_FIELDS  # pylint: disable=protected-access
+  return {k: _tuples(v) for k, v in config.items() if k in fields}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
 sizes. ``count_params`` and ``count_macs`` measure a model without allocating its weights.
 ``ProxyClassifier`` is the small CNN behind the CPU-sized quality metric (``jdpm.eval.proxy``).
 The Stable Diffusion VAE (``vae.AutoencoderKL``, ``vae.SD_VAE_CONFIG``) is not a denoiser and is
-built directly, not through the registry; so is the FID feature network
-``inception.InceptionV3``.
+built directly, not through the registry; so are the FID feature network
+``inception.InceptionV3`` and the CLIP text encoder (``clip_text.create("CLIP-L/14-text")``).
+The diffusers UNets are the "UNet" family (``unet``): ``create("SD1.5-UNet")``, ``create("UNet", ...)``.
 """
 
 from jdpm.models import amm
+from jdpm.models import clip_text
 from jdpm.models import dit
 from jdpm.models import edt
 from jdpm.models import inception
@@ -33,6 +35,6 @@ register("MDTv2", MDTv2, mdt.PRESETS, defaults=mdt.DEFAULTS)
 # diffusers UNets: create("SD1.5-UNet"), or create("UNet", class_name=..., **diffusers config).
 register("UNet", unet.make_unet, unet.PRESETS)
 
-__all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "ProxyClassifier", "amm", "count_macs", "count_params",
-           "create", "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt",
+__all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "ProxyClassifier", "amm", "clip_text", "count_macs",
+           "count_params", "create", "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt",
            "proxy_classifier", "register", "resolve", "unet", "vae"]

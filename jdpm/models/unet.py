@@ -26,6 +26,7 @@ Cross-attention analysis (apply-time, the parameter tree is unchanged):
 import math
 from typing import Any, NamedTuple, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -174,8 +175,12 @@ class Upsample2D(nn.Module):
     return conv(x.shape[-1], 3, self.dtype, "conv")(upsample_nearest(x, size))
 
 
-class TokenSubstitution(NamedTuple):
+@flax.struct.dataclass
+class TokenSubstitution:
   """Replaces keys and/or values of chosen context tokens in every cross-attention layer.
+
+  A pytree (context and positions are leaves, the two switches static), so it can be an argument of
+  a jitted function.
 
   Attributes:
     context: (B, L, D) the other context; its keys/values are computed by each layer's own
@@ -187,8 +192,8 @@ class TokenSubstitution(NamedTuple):
   """
   context: Any
   positions: Any
-  keys: bool = True
-  values: bool = False
+  keys: bool = flax.struct.field(pytree_node=False, default=True)
+  values: bool = flax.struct.field(pytree_node=False, default=False)
 
   def mask(self, length):
     """(B or 1, L) bool mask of the substituted positions."""
@@ -259,16 +264,17 @@ class Attention(nn.Module):
         k = jnp.where(mask, split(to_k(substitute.context)), k)
       if substitute.values:
         v = jnp.where(mask, split(to_v(substitute.context)), v)
-    bias = None if context_bias is None or not cross else context_bias
+    logit_bias = context_bias if cross else None
     if capture and cross:
-      logits, probs = attention_weights(q, k, bias)
+      logits, probs = attention_weights(q, k, logit_bias)
       self.sow("intermediates", "logits", logits)
       self.sow("intermediates", "probs", probs)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     else:
+      fused_bias = None if logit_bias is None else logit_bias.astype(q.dtype)
       out = jax.lax.platform_dependent(
-          cpu=lambda: layers.explicit_attention(q, k, v, bias),
-          default=lambda: jax.nn.dot_product_attention(q, k, v, bias=bias))
+          cpu=lambda: layers.explicit_attention(q, k, v, logit_bias),
+          default=lambda: jax.nn.dot_product_attention(q, k, v, bias=fused_bias))
     out = nn.Dense(x.shape[-1] if self.spatial else residual.shape[-1], dtype=self.dtype,
                    name="to_out_0")(out.reshape(out.shape[0], out.shape[1], inner))
     if self.spatial:

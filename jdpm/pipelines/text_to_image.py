@@ -1,4 +1,4 @@
-"""Text-to-image with a Stable Diffusion pipeline folder: prompt → tokens → text encoder → jitted sampler → VAE.
+"""Text-to-image with a Stable Diffusion folder: prompt → tokens → text encoder → jitted sampler → VAE.
 
   pipe = load_pipeline("path/to/stable-diffusion-v1-5")        # a diffusers folder (model_index.json)
   out = text_to_image(pipe, ["a photo of a cat"], steps=20, guidance_scale=7.5, seed=0)
@@ -118,8 +118,10 @@ def load_pipeline(pipeline_dir, dtype=jnp.float32):
   scheduler = parts["scheduler"]
   prediction = scheduler.get("prediction_type", "epsilon")
   if prediction not in PREDICTION_TYPES:
-    raise ValueError(f"Unsupported scheduler prediction_type {prediction!r}; known: {sorted(PREDICTION_TYPES)}.")
-  (unet, unet_vars), (vae, vae_vars), (text, text_vars) = parts["unet"], parts["vae"], parts["text_encoder"]
+    raise ValueError(f"Unsupported scheduler prediction_type {prediction!r}; known: "
+                     f"{sorted(PREDICTION_TYPES)}.")
+  (unet, unet_vars), (vae, vae_vars) = parts["unet"], parts["vae"]
+  text, text_vars = parts["text_encoder"]
   schedule = VPSchedule.discrete(convert.diffusers.scheduler_betas(scheduler))
   return TextToImagePipeline(unet, unet_vars, vae, vae_vars, text, text_vars, parts.get("tokenizer"),
                              schedule, PREDICTION_TYPES[prediction], scheduler)
@@ -195,9 +197,9 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
   sharding = _batch_sharding(batch)
   if sharding is not None:
     latents, context = jax.device_put((latents, context), sharding)
-  noise_fn = samplers.make_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule, y=context,
-                                    model_type=pipe.model_type, guidance_scale=guidance_scale, null=null,
-                                    guidance_window=guidance_window)
+  noise_fn = samplers.make_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule,
+                                    y=context, model_type=pipe.model_type, guidance_scale=guidance_scale,
+                                    null=null, guidance_window=guidance_window)
   x0 = samplers.sample(noise_fn, pipe.schedule, latents, method=method, steps=steps, order=order,
                        **sampler_kwargs)
   plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k != "rng"}
