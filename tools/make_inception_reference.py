@@ -2,7 +2,11 @@
 
 Needs torch, torchvision and pytorch-fid (jdpm itself never imports them):
 
-  python tools/make_inception_reference.py [--out tests/data/inception_ref.npz]
+  python tools/make_inception_reference.py [--out tests/data/inception_ref.npz] [--check]
+
+``--check`` regenerates the file in a temporary folder and compares it with ``--out``: inputs,
+shapes and the legacy fixture's arrays bit-exact (its bytes load to the same tensors), network outputs and resizes within 1e-5 (max |diff| /
+max |stored|; float32 kernels differ between CPUs).
 
 Nothing is downloaded: pytorch-fid's weight loader is replaced by a function returning random
 weights, so ``pytorch_fid.inception.fid_inception_v3`` builds its exact architecture (the FID
@@ -41,12 +45,17 @@ Arrays in the archive (images NHWC, features as jdpm returns them):
 import argparse
 import io
 import os
+import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 from pytorch_fid import inception as fid_inception
+
+import official_common as common
+
+CHECK_TOLERANCES = {"pool3": 1e-5, "logits": 1e-5, "spatial": 1e-5, "resize/": 1e-5}
 
 SEED = 20151205
 RESIZE_SEED = 7
@@ -175,10 +184,38 @@ def legacy_fixture():
   return np.frombuffer(buffer.getvalue(), np.uint8), expected
 
 
+def _same_legacy_contents(a, b):
+  load = lambda raw: torch.load(io.BytesIO(raw.tobytes()), weights_only=True)
+  a, b = load(a), load(b)
+  return a.keys() == b.keys() and all(
+      a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].stride() == b[k].stride()
+      and torch.equal(a[k], b[k]) for k in a)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.path.join("tests", "data", "inception_ref.npz"))
+  parser.add_argument("--check", action="store_true",
+                      help="regenerate into a temporary folder and compare with --out")
   args = parser.parse_args()
+  if args.check:
+    stored = args.out
+    with tempfile.TemporaryDirectory() as tmp:
+      args.out = os.path.join(tmp, "inception_ref.npz")
+      write(args)
+      with np.load(args.out) as new, np.load(stored) as old:
+        arrays = {k: new[k] for k in new.files}
+        # The legacy format names storages by their memory address, so its bytes differ from run
+        # to run: what must agree is what it loads to.
+        same = _same_legacy_contents(arrays["legacy_pth"], old["legacy_pth"])
+        print(f"legacy_pth: {'loads to the stored contents' if same else 'MISMATCH'}")
+        arrays["legacy_pth"] = old["legacy_pth"]
+      common.finish([same, common.save_or_check(stored, arrays, True, CHECK_TOLERANCES)])
+    return
+  write(args)
+
+
+def write(args):
   torch.set_num_threads(2)
 
   shapes = architecture_shapes()

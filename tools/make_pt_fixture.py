@@ -2,7 +2,11 @@
 
 Needs torch (run it in an environment that has it; jdpm itself never imports torch):
 
-  python tools/make_pt_fixture.py [--out tests/data]
+  python tools/make_pt_fixture.py [--out tests/data] [--check]
+
+``--check`` regenerates both files in a temporary folder and expects the .pt file byte for byte
+and every array of the .npz bit for bit equal to the stored ones. No official code is involved:
+the micro DiT only has the official key names and shapes.
 
 Outputs:
   dit_micro_checkpoint.pt            torch.save of a DiT-style training checkpoint:
@@ -20,11 +24,17 @@ table).
 
 import argparse
 import collections
+import filecmp
 import os
+import tempfile
 
 import numpy as np
 import torch
 
+import official_common as common
+
+PT = "dit_micro_checkpoint.pt"
+NPZ = "dit_micro_checkpoint_expected.npz"
 MICRO = dict(input_size=4, patch_size=2, in_channels=2, hidden_size=8, depth=1, num_heads=2,
              num_classes=3, learn_sigma=True)
 
@@ -97,7 +107,23 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                     "data"))
+  parser.add_argument("--check", action="store_true",
+                      help="regenerate into a temporary folder and compare with --out")
   args = parser.parse_args()
+  if args.check:
+    stored = args.out
+    with tempfile.TemporaryDirectory() as tmp:
+      args.out = tmp
+      write(args)
+      same_pt = filecmp.cmp(os.path.join(tmp, PT), os.path.join(stored, PT), shallow=False)
+      print(f"{PT}: {'byte-identical' if same_pt else 'MISMATCH (bytes differ)'}")
+      ok = common.check_written(os.path.join(tmp, NPZ), os.path.join(stored, NPZ))
+    common.finish([same_pt, ok])
+    return
+  write(args)
+
+
+def write(args):
   generator = torch.Generator().manual_seed(0)
   ema = micro_state_dict(generator)
   model = micro_state_dict(generator)
@@ -109,7 +135,7 @@ def main():
       "args": argparse.Namespace(model="DiT-micro", global_batch_size=4),
       "extras": extra,
   }
-  torch.save(checkpoint, os.path.join(args.out, "dit_micro_checkpoint.pt"))
+  torch.save(checkpoint, os.path.join(args.out, PT))
 
   expected = {}
   for key, value in ema.items():
@@ -119,7 +145,7 @@ def main():
   for key, value in extra.items():
     value = value.detach()
     expected[f"extras/{key}"] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-  np.savez(os.path.join(args.out, "dit_micro_checkpoint_expected.npz"), **expected)
+  np.savez(os.path.join(args.out, NPZ), **expected)
 
 
 if __name__ == "__main__":

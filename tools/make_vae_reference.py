@@ -2,7 +2,11 @@
 
 Needs torch and diffusers (run it in an environment that has them; jdpm never imports either):
 
-  python tools/make_vae_reference.py [--out tests/data/vae_tiny.npz]
+  python tools/make_vae_reference.py [--out tests/data/vae_tiny.npz] [--check]
+
+``--check`` regenerates the file in a temporary folder and compares it with ``--out``: parameters
+and inputs bit-exact, outputs within 1e-5 (max |diff| / max |stored|; float32 kernels differ
+between CPUs).
 
 The model is diffusers' AutoencoderKL with TINY_CONFIG (three levels, so two down/up-samplings,
 a width change at every level, and the mid-block attention at 4×4). All parameters are drawn
@@ -21,11 +25,15 @@ Arrays in the archive (NCHW, float32, as PyTorch):
 
 import argparse
 import os
+import tempfile
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+import official_common as common
+
+CHECK_TOLERANCES = {"output/": 1e-5}
 TINY_CONFIG = dict(in_channels=3, out_channels=3, block_out_channels=(16, 24, 32),
                    down_block_types=("DownEncoderBlock2D",) * 3,
                    up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1,
@@ -48,7 +56,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   default = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "vae_tiny.npz")
   parser.add_argument("--out", default=default)
+  parser.add_argument("--check", action="store_true",
+                      help="regenerate into a temporary folder and compare with --out")
   args = parser.parse_args()
+  if args.check:
+    stored = args.out
+    with tempfile.TemporaryDirectory() as tmp:
+      args.out = os.path.join(tmp, "vae_tiny.npz")
+      write(args)
+      common.finish([common.check_written(args.out, stored, CHECK_TOLERANCES)])
+    return
+  write(args)
+
+
+def write(args):
 
   generator = torch.Generator().manual_seed(SEED)
   model = AutoencoderKL(**TINY_CONFIG).eval()

@@ -197,6 +197,14 @@ def save_or_check(path, arrays, check, tolerances=None):
   return not problems
 
 
+def check_written(new_path, stored_path, tolerances=None):
+  """``--check`` for scripts that write their file themselves: compares the freshly written
+  ``new_path`` (a .npz) with the stored one, as `save_or_check` does."""
+  with np.load(new_path, allow_pickle=False) as f:
+    arrays = {k: f[k] for k in f.files}
+  return save_or_check(stored_path, arrays, True, tolerances)
+
+
 def finish(ok_list):
   """Exit status of a script: 0 when every check passed."""
   if not all(ok_list):
