@@ -5,8 +5,8 @@ Needs torch, torchvision and pytorch-fid (jdpm itself never imports them):
   python tools/make_inception_reference.py [--out tests/data/inception_ref.npz] [--check]
 
 ``--check`` regenerates the file in a temporary folder and compares it with ``--out``: inputs,
-shapes and the legacy fixture's arrays bit-exact (its bytes load to the same tensors), network outputs and resizes within 1e-5 (max |diff| /
-max |stored|; float32 kernels differ between CPUs).
+shapes and the legacy fixture's arrays bit-exact (its bytes load to the same tensors), network
+outputs and resizes within 1e-5 (max |diff| / max |stored|; float32 kernels differ between CPUs).
 
 Nothing is downloaded: pytorch-fid's weight loader is replaced by a function returning random
 weights, so ``pytorch_fid.inception.fid_inception_v3`` builds its exact architecture (the FID
