@@ -1,6 +1,7 @@
 """Gaussian diffusion: schedules, respacing, q/p, losses and samplers against the official IDDPM/DiT/EDT code.
 
-Golden numbers come from tests/data/iddpm.npz (official PyTorch outputs, NCHW; transposed to NHWC here).
+Golden numbers come from tests/data/iddpm.npz (official PyTorch outputs, NCHW; transposed to NHWC here),
+written by tools/make_iddpm_reference.py from the DiT and EDT diffusion code.
 """
 
 import math

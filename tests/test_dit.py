@@ -1,4 +1,8 @@
-"""DiT, shared layers, registry and counting, checked against the official PyTorch DiT."""
+"""DiT, shared layers, registry and counting, checked against the official PyTorch DiT.
+
+Reference data: tests/data/dit_tiny.npz and dit_tiny_std0p1.npz, written by
+tools/make_dit_reference.py from facebookresearch/DiT (see tools/README.md).
+"""
 
 import functools
 import math

@@ -6,7 +6,9 @@ every non-frozen entry as ``torch.randn(shape, generator=g) * std`` with one
 ``torch.Generator().manual_seed(0)``, in state-dict order, and ``torch_randn`` below regenerates
 those draws without torch to ~1e-7 relative precision (checked against two stored entries). The
 files keep the official inputs, outputs, activations, the frozen sin-cos tables and the key
-order and shapes.
+order and shapes. tools/make_edt_reference.py writes them (edt_tiny*.npz, edt_amm.npz, and
+edt_masked.npz: the official masked training forward with its recorded keep masks) from
+xinwangChen/EDT.
 """
 
 import functools

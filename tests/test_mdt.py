@@ -7,7 +7,8 @@ of the golden files with parameter std 0.1; the std-0.02 model uses the same nor
 forward, the power-cosine scales), ``std0p1/act/*`` (submodule outputs), ``masked/*`` (the official
 ``forward(..., enable_mask=True)``: recorded masks, outputs and the encoder output on the kept
 tokens in token order) and ``amm/*`` (the EDT authors' MDTv2-with-AMM attention switched on in
-blocks 1 and 4).
+blocks 1 and 4). Both files are written by tools/make_mdt_reference.py from sail-sg/MDT (and the EDT
+repository's MDTv2 with AMM).
 """
 
 import functools

@@ -1,7 +1,8 @@
 """Adan against the authors' PyTorch optimizer, learning-rate schedules, make_optimizer.
 
 tests/data/adan.npz holds 5 steps of the official Adan (params and state after
-every step) for 4 hyper-parameter settings, in float64 and float32.
+every step) for 4 hyper-parameter settings, in float64 and float32; tools/make_adan_reference.py
+writes it from the official adan.py.
 """
 
 import jax

@@ -3,8 +3,8 @@
 `samplers_gmm.npz` holds, for two schedules, the official results of every configuration (UniPC bh1/bh2,
 data/noise, orders 1-3, three time grids, 5/6/8/10 steps, lower_order_final on/off; DPM-Solver(++)
 multistep, multistep "taylor", singlestep (fast), singlestep_fixed; DDIM), their NFE, the time grids, and
-the per-step intermediates of a few runs, all in float64. The sampler is sensitive to its input (up to
-~600x), so results are compared with rtol 1e-9, atol 1e-10.
+the per-step intermediates of a few runs, all in float64 (written by tools/make_sampler_reference.py).
+The sampler is sensitive to its input (up to ~600x), so results are compared with rtol 1e-9, atol 1e-10.
 
 All configurations run through one compiled program per schedule (history_size=4, max_evals=10); a few
 also run unpadded, the default path. The official "lower_order_final on" is jdpm's
