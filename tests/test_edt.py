@@ -441,12 +441,24 @@ def test_objective_sums_a_full_and_a_masked_pass(tiny):
     full_batch = {k: v for k, v in drawn.items() if k != "masked"}
     # The masked pass's noise and label drops without its masks.
     unmasked_batch = dict(full_batch, noise=drawn["masked"]["noise"], drop=drawn["masked"]["drop"])
+
+    # Both passes computed directly from the model and the diffusion losses, not through the
+    # objective: what the two official forward calls of a training step compute.
+    def direct_pass(noise, drop, **masks):
+      fn = lambda x_t, t: model.apply({"params": params}, x_t, t, batch["label"],
+                                      force_drop_ids=drop, **masks)
+      return diffusion.training_losses(fn, batch["image"], drawn["t"], noise,
+                                       min_snr_gamma=5.0)["loss"]
+    masked = drawn["masked"]
+    direct = (direct_pass(drawn["noise"], drawn["drop"]),
+              direct_pass(masked["noise"], masked["drop"], down_keep=masked["down_keep"],
+                          mid_keep=masked["mid_keep"]))
     return (drawn, objective.per_example_loss(params, drawn),
             plain.per_example_loss(params, full_batch),
-            plain.per_example_loss(params, unmasked_batch))
+            plain.per_example_loss(params, unmasked_batch), direct)
 
   batch = {"image": x, "label": np.array([0, 4])}
-  drawn, (losses, aux), (plain_losses, plain_aux), (unmasked, _) = step_losses(
+  drawn, (losses, aux), (plain_losses, plain_aux), (unmasked, _), (full, masked_loss) = step_losses(
       params, batch, jax.random.key(7))
   # Every drawn array has the global batch as leading axis: the update step's micro-batch split
   # hands each example its own masks, so gradient accumulation is exact.
@@ -457,13 +469,16 @@ def test_objective_sums_a_full_and_a_masked_pass(tiny):
   assert masked["mid_keep"].shape == (2, 64)
   # The full pass is exactly the plain denoising loss.
   np.testing.assert_allclose(aux["loss_full"], plain_aux["raw_loss"], rtol=1e-6)
-  # The masked pass uses its own noise, label drops and masks: without the masks it would give
-  # another loss.
+  # Each pass equals its direct computation, and the objective is their (weighted) sum.
   weights = np.asarray(drawn["weights"])
-  assert np.abs(np.asarray(aux["loss_masked"]) * weights - unmasked).max() > 1e-4
-  np.testing.assert_allclose(losses, plain_losses + np.asarray(aux["loss_masked"]) * weights,
-                             rtol=1e-5)
-  np.testing.assert_allclose(aux["raw_loss"], aux["loss_full"] + aux["loss_masked"], rtol=1e-6)
+  np.testing.assert_allclose(aux["loss_full"], full, rtol=1e-5)
+  np.testing.assert_allclose(aux["loss_masked"], masked_loss, rtol=1e-5)
+  np.testing.assert_allclose(aux["raw_loss"], full + masked_loss, rtol=1e-5)
+  np.testing.assert_allclose(losses, (full + masked_loss) * weights, rtol=1e-5)
+  # The masked pass uses its own noise, label drops and masks: without the masks it would give
+  # another loss, and so would the full pass's noise.
+  assert np.abs(masked_loss * weights - unmasked).max() > 1e-4
+  assert np.abs(masked_loss - full).max() > 1e-4
   # The timestep sampler learns from the sum of both passes' losses.
   extra = objective.update_extra(objective.init_extra(), drawn, losses, aux)
   expected = plain.update_extra(plain.init_extra(), drawn, plain_losses,
