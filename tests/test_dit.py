@@ -297,14 +297,22 @@ def test_register_new_family(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, params_m, gmacs", [
-    ("DiT-S/2", 32.87, 6.06), ("DiT-B/2", 130.32, 23.01), ("DiT-L/2", 457.84, 80.71),
-    ("DiT-XL/2", 674.83, 118.6),
+# params: exactly the trainable parameters of the official DiT (facebookresearch/DiT @ ed81ce2,
+# counted on the meta device; the frozen pos_embed excluded). params_m / gmacs: the README's model
+# table (tools/model_table.py). paper_gflops: the DiT paper's Gflops, to the digits it prints.
+@pytest.mark.parametrize("name, params, macs, params_m, gmacs, paper_gflops", [
+    ("DiT-S/2", 32_865_056, 6_055_673_856, 32.87, 6.06, "6.06"),
+    ("DiT-B/2", 130_315_808, 23_005_102_080, 130.32, 23.01, "23.01"),
+    ("DiT-L/2", 457_840_672, 80_697_622_528, 457.84, 80.70, "80.7"),
+    ("DiT-XL/2", 674_834_720, 118_621_421_568, 674.83, 118.62, "118.6"),
 ])
-def test_paper_param_and_mac_counts(name, params_m, gmacs):
+def test_paper_param_and_mac_counts(name, params, macs, params_m, gmacs, paper_gflops):
   model = jdpm.models.create(name)
-  assert round(counting.count_params(model) / 1e6, 2) == params_m
-  assert counting.count_macs(model) / 1e9 == pytest.approx(gmacs, rel=0.01)
+  assert counting.count_params(model) == params
+  assert counting.count_macs(model) == macs
+  assert round(params / 1e6, 2) == params_m and round(macs / 1e9, 2) == gmacs
+  digits = len(paper_gflops.split(".")[1])
+  assert round(macs / 1e9, digits) == float(paper_gflops)
 
 
 def test_macs_scale_with_batch_and_count_attention():

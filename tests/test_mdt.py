@@ -178,10 +178,10 @@ def test_masked_pass_matches_official(data_dir, seed):
       data[f"masked/seed{seed}/ratio"])))
   out, state = jitted("masked")(variables(data_dir, "std0p1"), nhwc(data["input/x"]),
                                 data["input/t"], data["input/y"], mask)
-  assert rel_err(out, nhwc(data[f"masked/seed{seed}/out"])) <= 2e-5
+  assert rel_err(out, nhwc(data[f"masked/seed{seed}/out"])) <= 1e-5  # measured <= 5.7e-6
   encoder = np.asarray(state["intermediates"]["en_outblocks_1"]["__call__"][0])
   assert encoder.shape == (3, 179, 64)
-  assert rel_err(encoder[:, :kept], data[f"masked/seed{seed}/encoder"]) <= 2e-5
+  assert rel_err(encoder[:, :kept], data[f"masked/seed{seed}/encoder"]) <= 1e-5  # measured 3.7e-6
 
 
 def test_masked_encoder_sees_only_kept_tokens(data_dir):
