@@ -2,6 +2,13 @@
 
   python bench/edt_vs_mdt.py                      # batch 8 and 32, fp32, 32x32x4 latents
   python bench/edt_vs_mdt.py --batch 256 --dtype=bfloat16 --size=XL    # on a GPU / TPU
+  python bench/edt_vs_mdt.py --batch 8 --official-dit DiT --official-edt EDT --official-mdt MDT \
+      --torch-python /path/to/python-with-torch    # also the authors' PyTorch code (fp32, CPU)
+
+With the three official checkouts (see bench/official_torch.py), the same run also measures the authors'
+PyTorch models on the CPU (fp32, same batch sizes, torch threads = CPU cores, XLA's default) in a separate
+interpreter that has torch, and records their throughput and ratios next to jdpm's. Without them the record
+holds jdpm's own figures only.
 
 Each model trains with its own recipe's objective: EDT full + token relation-enhanced masked pass, MDTv2 full
 + mask latent modelling pass, DiT the plain denoising loss. MFU uses the unmasked forward MACs
@@ -11,6 +18,9 @@ The "expected" ratios are those FLOP counts' ratios: what the throughput ratios 
 """
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -27,6 +37,28 @@ from jdpm.training.objectives import DenoisingObjective  # noqa: E402
 RECIPES = {"EDT": (EDTMaskingObjective, 2), "MDTv2": (MaskedDenoisingObjective, 2), "DiT": (DenoisingObjective, 1)}
 
 
+def official_throughput(args):
+  """The official PyTorch models' {family: {batch: (train img/s, inference img/s)}} and the thread count,
+  measured by bench/official_torch.py; None when no checkouts were given."""
+  checkouts = [args.official_dit, args.official_edt, args.official_mdt]
+  if not any(checkouts):
+    return None
+  if not all(checkouts):
+    raise SystemExit("--official-dit, --official-edt and --official-mdt go together.")
+  if args.dtype != "float32":
+    raise SystemExit("the official PyTorch side is measured in float32 on the CPU only.")
+  script = common.ROOT / "bench" / "official_torch.py"
+  threads = args.torch_threads or os.cpu_count()
+  cmd = [args.torch_python, str(script), "--dit", args.official_dit, "--edt", args.official_edt,
+         "--mdt", args.official_mdt, "--size", args.size, "--min-time", str(args.min_time),
+         "--threads", str(threads), "--batch", *map(str, args.batch)]
+  out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+  report = json.loads(out.strip().splitlines()[-1])
+  results = {family: {int(b): tuple(v) for b, v in per_batch.items()}
+             for family, per_batch in report["results"].items()}
+  return results, report
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", default="S", help="S, B or XL")
@@ -34,6 +66,11 @@ def main():
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--min-time", type=float, default=10.0)
   p.add_argument("--no-record", action="store_true")
+  p.add_argument("--official-dit", help="facebookresearch/DiT checkout: also measure the official models")
+  p.add_argument("--official-edt", help="xinwangChen/EDT checkout")
+  p.add_argument("--official-mdt", help="sail-sg/MDT checkout")
+  p.add_argument("--torch-python", default=sys.executable, help="interpreter with torch, timm and einops")
+  p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: all CPU cores)")
   args = p.parse_args()
 
   peak = common.matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
@@ -61,10 +98,26 @@ def main():
         f"{m[2] / e[2]:.2f}x | {e[0] / d[0]:.2f}x | {e[1] / d[1]:.2f}x |")
   size = common.peak_matmul_size()
   body = (f"Peak ({args.dtype} {size}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s.\n\n" + "\n".join(rows) +
-          "\n\n" + "\n".join(ratio_rows) +
-          "\n\nPaper: EDT-S trains 3.93x and infers 2.29x faster than MDTv2-S. Official PyTorch code on a "
-          "2-core CPU (fp32, batch 8): EDT-S 4.3 / MDTv2-S 1.9 / DiT-S 4.2 img/s training, 26 / 11 / 13 img/s "
-          "inference (2.25x, 2.32x).")
+          "\n\n" + "\n".join(ratio_rows))
+  official = official_throughput(args)
+  if official is None:
+    body += "\n\nOfficial PyTorch code: not measured in this run (see --official-* options)."
+  else:
+    measured, report = official
+    off_rows = [f"Official PyTorch code, same run (torch {report['torch']}, fp32, {report['threads']} threads; "
+                "bench/official_torch.py):", "",
+                "| model | batch | train img/s | inference img/s | jdpm/official train | jdpm/official inference |",
+                "|---|---|---|---|---|---|"]
+    for (family, b), (train_ips, infer_ips, _, _) in results.items():
+      o_train, o_infer = measured[family][b]
+      off_rows.append(f"| {family}-{args.size}/2 | {b} | {o_train:.2f} | {o_infer:.2f} | "
+                      f"{train_ips / o_train:.2f}x | {infer_ips / o_infer:.2f}x |")
+    off_rows += ["", "| batch | official EDT/MDTv2 train | official EDT/MDTv2 inference | official EDT/DiT train |",
+                 "|---|---|---|---|"]
+    for b in args.batch:
+      e, m, d = measured["EDT"][b], measured["MDTv2"][b], measured["DiT"][b]
+      off_rows.append(f"| {b} | {e[0] / m[0]:.2f}x | {e[1] / m[1]:.2f}x | {e[0] / d[0]:.2f}x |")
+    body += "\n\n" + "\n".join(off_rows)
   if args.no_record:
     print(body)
   else:
