@@ -29,6 +29,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+log = logging.getLogger("jdpm.sample")
 
 
 def parse_args(argv=None):
@@ -45,6 +46,8 @@ def parse_args(argv=None):
   s.add_argument("--sampler", default=None, help="unipc | dpm_solver++ | dpm_solver | ddim | ddpm")
   s.add_argument("--steps", type=int, default=None, help="model evaluations (ddpm: respaced steps)")
   s.add_argument("--order", type=int, default=None, help="solver order")
+  s.add_argument("--skip-type", default=None, choices=("time_uniform", "logSNR", "time_quadratic"),
+                 help="time grid of the ODE samplers (default: the config's, time_uniform)")
   s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
   s.add_argument("--cfg-channels", type=int, default=None, help="guide only the first k channels (-1 all)")
   s.add_argument("--guidance-window", default=None,
@@ -57,6 +60,7 @@ def parse_args(argv=None):
                       "no parameters, so any checkpoint can be sampled with any placement")
   s.add_argument("--num-samples", type=int, default=None, help="number of samples (multiple of devices)")
   s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--verbose", action="store_true", help="library INFO logs (JAX, Orbax) as well")
   s.add_argument("--out", default=None, help="output PNG (default: WORKDIR/samples/sample.png)")
   s.add_argument("--vae", default=None,
                  help="diffusers AutoencoderKL weights (.safetensors/.bin) to decode latent samples to images")
@@ -104,7 +108,7 @@ def load_run(args):
                                                      config=config)
   except run_lib.ConfigError as e:
     sys.exit(f"sample.py: {e}")
-  logging.info("loaded step %d from %s", step, args.workdir)
+  log.info("loaded step %d from %s", step, args.workdir)
   if args.amm_blocks is not None:
     model = model.clone(amm_blocks=args.amm_blocks)
   return config, model, variables
@@ -146,7 +150,7 @@ def evaluation_reference(args, config, extractor):
   if path.exists():
     return eval_lib.load_reference(path)
   dataset = args.eval_dataset or config.data.name
-  logging.info("%s does not exist: computing reference statistics from %s", path, dataset)
+  log.info("%s does not exist: computing reference statistics from %s", path, dataset)
   try:
     reference = features_lib.dataset_reference(dataset, extractor, num_images=args.eval_reference_images,
                                                data_dir=config.data.get("data_dir") or None)
@@ -155,7 +159,7 @@ def evaluation_reference(args, config, extractor):
              "with the real image dataset, or an existing --eval-stats file.")
   path.parent.mkdir(parents=True, exist_ok=True)
   reference.save(path)
-  logging.info("wrote reference statistics of %d images to %s", len(reference.pool_features), path)
+  log.info("wrote reference statistics of %d images to %s", len(reference.pool_features), path)
   return reference
 
 
@@ -205,7 +209,12 @@ def run_evaluation(args, config, model, variables, options, decode, out):
 
 def main(argv=None):
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  # jdpm's own messages; JAX's backend probing and Orbax's per-file logs only with --verbose.
+  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+  logging.getLogger("jdpm").setLevel(logging.INFO)
+  if not args.verbose:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
   import jax
   import numpy as np
   from jdpm import generate
@@ -215,7 +224,8 @@ def main(argv=None):
   num_samples = args.num_samples or config.sample.num_samples
   labels = generate.class_grid_labels(num_samples, model.num_classes)
   options = generate.sample_options(
-      config, sampler=args.sampler, steps=args.steps, order=args.order, cfg_scale=args.cfg_scale,
+      config, sampler=args.sampler, steps=args.steps, order=args.order, skip_type=args.skip_type,
+      cfg_scale=args.cfg_scale,
       cfg_channels=args.cfg_channels, guidance_window=args.guidance_window, amm=args.amm)
   out = pathlib.Path(args.out or pathlib.Path(args.workdir or ".") / "samples" / "sample.png")
   if args.eval_stats:
@@ -227,7 +237,9 @@ def main(argv=None):
   images = generate.host_array(images)
   elapsed = time.time() - t0
   if jax.process_index() == 0:
-    generate.save_grid(images, out, ncol=min(model.num_classes, num_samples))
+    from jdpm.data import registry
+    generate.save_grid(images, out, ncol=min(model.num_classes, num_samples),
+                       column_labels=registry.class_names(config.data.name))
     np.savez(out.with_suffix(".npz"), samples=images, labels=labels, uint8=generate.to_uint8(images))
     print(f"wrote {out} and {out.with_suffix('.npz')}: {num_samples} samples, {options}, "
           f"{elapsed:.1f} s including compilation")

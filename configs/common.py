@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every = 20_000
   c.sample = ml_collections.ConfigDict(dict(
-      sampler="unipc", steps=25, order=2, cfg_scale=1.5, cfg_channels=3, num_samples=16, amm=False))
+      sampler="unipc", steps=25, order=2, skip_type="time_uniform", cfg_scale=1.5, cfg_channels=3, num_samples=16,
+      amm=False))
   return c
 
 

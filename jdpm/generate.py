@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 
 from jdpm import diffusion as diffusion_lib
 from jdpm.diffusion import conditioning
@@ -32,7 +33,7 @@ def _apply_fn(model, amm):
 def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
                   cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=None,
                   num_timesteps=1000, beta_schedule="linear", clip_denoised=False, null=None, sample_shape=None,
-                  mesh=None):
+                  skip_type="time_uniform", mesh=None):
   """Draws one sample per condition.
 
   Args:
@@ -59,6 +60,8 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
       1/alpha amplification of their error saturates the colours. Latent models use False.
     null: the null condition for guidance (default: the model's `null_condition`, e.g. the null class).
     sample_shape: (H, W, C) of one sample (default: the model's `sample_shape`).
+    skip_type: the ODE samplers' time grid: "time_uniform" (the papers' sampling scripts), "logSNR" or
+      "time_quadratic" (see the README's sampler notes for which to choose).
     mesh: shard the batch over this mesh (default: all devices).
   Returns:
     (B, H, W, C) float32 samples in the model's data space (images in [-1, 1] for pixel models).
@@ -105,7 +108,7 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
       raise ValueError("clip_denoised needs data predictions: use dpm_solver++ (or unipc, ddim) instead of dpm_solver.")
     extra = dict(thresholding=True, prediction="data")
   return samplers.sample(noise_fn, sched, x_T, method=sampler, steps=steps, order=order,
-                         skip_type="time_uniform", **extra)
+                         skip_type=skip_type, **extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +137,8 @@ def sample_options(config, **overrides):
   """
   s = config.sample
   options = dict(
-      sampler=s.sampler, steps=s.steps, order=s.get("order"), cfg_scale=s.cfg_scale,
+      sampler=s.sampler, steps=s.steps, order=s.get("order"), skip_type=s.get("skip_type", "time_uniform"),
+      cfg_scale=s.cfg_scale,
       cfg_channels=s.get("cfg_channels"), guidance_window=_window(s.get("guidance_window")),
       amm=s.get("amm", False), cfg_scale_pow=guidance_power(s), clip_denoised=s.get("clip_denoised", False),
       num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)
@@ -156,19 +160,42 @@ def to_uint8(images):
   return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def save_grid(images, path, ncol=None):
-  """Writes (B, H, W, C) images in [-1, 1] as one PNG grid with a 2-pixel white border."""
+def save_grid(images, path, ncol=None, column_labels=None, min_tile=64):
+  """Writes (B, H, W, C) images in [-1, 1] as one PNG grid with a 2-pixel white border.
+
+  Args:
+    images: (B, H, W, C) floats in [-1, 1].
+    path: the PNG file (its folder is created).
+    ncol: images per row (default: a square grid).
+    column_labels: optional names written above the columns (e.g. the class of each column).
+    min_tile: small images are enlarged (nearest neighbour, an integer factor) to at least this many
+      pixels, so that a grid of 32-pixel samples can be seen without zooming.
+  """
   pixels = to_uint8(images)
   b, h, w, _ = pixels.shape
+  factor = max(1, -(-min_tile // max(h, w)))
+  if factor > 1:
+    pixels = pixels.repeat(factor, axis=1).repeat(factor, axis=2)
+    h, w = h * factor, w * factor
   ncol = ncol or math.ceil(math.sqrt(b))
   nrow = math.ceil(b / ncol)
-  grid = np.full((nrow * (h + 2) + 2, ncol * (w + 2) + 2, 3), 255, np.uint8)
+  header = 14 if column_labels else 0
+  grid = np.full((header + nrow * (h + 2) + 2, ncol * (w + 2) + 2, 3), 255, np.uint8)
   for i in range(b):
     r, c = divmod(i, ncol)
-    grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = pixels[i]
+    top, left = header + 2 + r * (h + 2), 2 + c * (w + 2)
+    grid[top: top + h, left: left + w] = pixels[i]
+  image = PIL.Image.fromarray(grid)
+  if column_labels:
+    draw = PIL.ImageDraw.Draw(image)
+    for c, label in enumerate(list(column_labels)[:ncol]):
+      text = str(label)
+      while text and draw.textlength(text) > w:  # cut names wider than a tile
+        text = text[:-1]
+      draw.text((2 + c * (w + 2) + max(0, (w - draw.textlength(text)) / 2), 1), text, fill=(0, 0, 0))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  PIL.Image.fromarray(grid).save(path)
+  image.save(path)
   return path
 
 
@@ -186,7 +213,12 @@ def training_sample_grid(model, ema_params, config, path, mesh=None):
                          mesh=mesh, **sample_options(config))
   images = host_array(images)
   if jax.process_index() == 0:
-    save_grid(images, path, ncol=min(num_classes, s.num_samples))
+    save_grid(images, path, ncol=min(num_classes, s.num_samples), column_labels=_class_names(config))
+
+
+def _class_names(config):
+  from jdpm.data import registry  # only for the names of the built-in classes
+  return registry.class_names(config.data.name)
 
 
 def guidance_power(sample_config):

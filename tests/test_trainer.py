@@ -89,7 +89,8 @@ def test_bad_configs_fail_with_one_line(tmp_path, data_dir):
     trainer.train(c, tmp_path / "c")
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path, data_dir):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_saves_and_exits_zero(tmp_path, data_dir, signum):
   workdir = tmp_path / "run"
   cmd = [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'dit.py'}:tiny",
          f"--workdir={workdir}", "--config.model.hidden_size=32", "--config.model.depth=1",
@@ -102,9 +103,12 @@ def test_sigterm_saves_and_exits_zero(tmp_path, data_dir):
   while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-3000:]
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out
+  if signum == signal.SIGINT:
+    assert "Ctrl-C: saving step" in out
   steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
   assert len(steps) == 1 and steps[0] >= 3
   assert steps[0] >= max(r["step"] for r in _logged_steps(workdir))

@@ -13,6 +13,6 @@ from jdpm.data.digits import Digits
 from jdpm.data.imagenet import Imagenet2012, adm_center_crop
 from jdpm.data.latents import build_latent_dataset, vae_encode_fn
 from jdpm.data.pipeline import make_eval_iterator, make_train_iterator
-from jdpm.data.registry import BUILTIN, DatasetInfo, data_source, dataset_info, get_builder
+from jdpm.data.registry import BUILTIN, DatasetInfo, class_names, data_source, dataset_info, get_builder
 from jdpm.data.shapes import Shapes
 from jdpm.data.storage import DATA_DIR_ENV, resolve_data_dir

@@ -152,6 +152,16 @@ def dataset_info(name: str, *, data_dir=None) -> DatasetInfo:
                      extra_features=extra)
 
 
+def class_names(name: str):
+  """The class names of a built-in dataset ("red circle", ..., digits "0".."9"), or None when unknown."""
+  base = name.split("/")[0]
+  if base == "shapes":
+    return shapes.CLASS_NAMES
+  if base == "digits":
+    return tuple(str(d) for d in range(digits.NUM_CLASSES))
+  return None
+
+
 def _expected_splits(builder):
   config = builder.builder_config
   if isinstance(builder, shapes.Shapes):

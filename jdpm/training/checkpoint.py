@@ -161,9 +161,9 @@ class Checkpointer:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}.")
     if step in self._manager.all_steps():
-      if force:
-        log.info("Checkpoint for step %d already exists in %s; not saving it again.", step,
-                 self._directory)
+      if force:  # the usual end of a run whose last step was a periodic save: nothing to say
+        log.debug("Checkpoint for step %d already exists in %s; not saving it again.", step,
+                  self._directory)
       return False
     items = {_STATE: ocp.args.StandardSave(state)}
     if jax.tree.leaves(frozen):
@@ -325,7 +325,7 @@ class Checkpointer:
     except CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # any read failure means a bad step
-      reason = f"{type(e).__name__}: {_first_line(str(e))}"
+      reason = _failure_reason(e)
     if not _all_processes_agree(reason is None):
       reason = reason or "it could not be restored on another process"
     return ((state, frozen), None) if reason is None else (None, reason)
@@ -476,6 +476,17 @@ def _all_processes_agree(ok):
     return ok
   flags = multihost_utils.process_allgather(np.asarray(ok, np.int32))
   return bool(np.all(flags))
+
+
+def _failure_reason(error):
+  """One line naming why a step could not be read: the innermost cause of the exception chain (TensorStore
+  wraps the real reason, e.g. "OUT_OF_RANGE: ... byte range ... not valid", in a generic outer error)."""
+  chain = []
+  while error is not None and all(error is not seen for seen in chain):
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  root = chain[-1]
+  return f"{type(root).__name__}: {_first_line(str(root))}"
 
 
 def _first_line(text, limit=300):

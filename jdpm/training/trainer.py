@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import pathlib
+import signal
 import time
 
 import jax
@@ -98,20 +99,28 @@ def validate(config, data_info, model=None, objective=None) -> None:
     raise ConfigError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}.")
 
 
-def _check_workdir_config(workdir: pathlib.Path, config) -> None:
-  """Refuses to resume a run of a different model, then stores the config.
+def _check_workdir_config(workdir: pathlib.Path, config, allow_batch_size_change=False) -> None:
+  """Refuses to resume a run of a different model (or, unless allowed, batch size), then stores the config.
 
   Called only once the model and objective were built from the config, so a config that fails to build
   never marks a workdir as holding a run.
   """
   path = workdir / run_lib.CONFIG_FILE
   current = json.loads(config.to_json_best_effort())
-  if path.exists():
+  ckpt_dir = workdir / run_lib.CHECKPOINT_DIR
+  has_run = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+  if path.exists() and has_run:
     stored = json.loads(path.read_text())
-    has_run = (workdir / run_lib.CHECKPOINT_DIR).is_dir() and any((workdir / run_lib.CHECKPOINT_DIR).iterdir())
-    if stored.get("model") != current["model"] and has_run:
+    if stored.get("model") != current["model"]:
       raise ConfigError(f"{workdir} holds a run of a different model ({stored.get('model')}); "
                         f"use a new --workdir or the same model config.")
+    old_batch = stored.get("batch_size")
+    if old_batch is not None and old_batch != current["batch_size"] and not allow_batch_size_change:
+      raise ConfigError(
+          f"{workdir} was trained with batch_size={old_batch}; resuming with batch_size="
+          f"{current['batch_size']} changes the data order and what the learning rate means per example. "
+          f"Resume with --config.batch_size={old_batch}, start a new --workdir, or pass "
+          f"--allow_batch_size_change to accept the change.")
   if jax.process_index() == 0:
     path.write_text(json.dumps(current, indent=2))
 
@@ -204,7 +213,7 @@ def make_init_fn(objective, optimizer, data_info, frozen_patterns=()):
   return init
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
+def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None, allow_batch_size_change=False):
   """Trains `config` in `workdir`, resuming from its newest good checkpoint.
 
   Args:
@@ -213,6 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
     sample_fn: optional ``sample_fn(model, ema_params, config, path, mesh=...)`` writing a sample grid PNG
       (ema_params merged with the frozen parameters); called every ``config.sample_every`` steps and at the
       end of training (process 0 writes).
+    allow_batch_size_change: resume a run whose stored batch_size differs (refused otherwise).
   Returns:
     the final train state.
   """
@@ -224,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
   except ValueError as e:
     raise ConfigError(str(e)) from None
   trainer = Trainer.from_config(config, data_info)
-  _check_workdir_config(workdir, config)
+  _check_workdir_config(workdir, config, allow_batch_size_change)
   data_iter = data_lib.make_train_iterator(
       config.data.name, "train", config.batch_size, seed=config.seed, data_dir=data_dir,
       random_flip=config.data.random_flip, worker_count=config.data.worker_count)
@@ -251,7 +261,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
   step = start
   budget = config.get("time_budget_s", 0) or None  # wall-clock seconds of training, compilation excluded
   clock = None
-  with preemption.PreemptionGuard() as guard:
+  # SIGTERM (preemption) and the first Ctrl-C finish the current step, save it and stop; a second Ctrl-C
+  # aborts at once (the newest periodic checkpoint is then the one to resume from).
+  with preemption.PreemptionGuard(handle_sigint=True) as guard:
     while step < config.total_steps:
       batch = parallel.global_batch(next(data_iter), trainer.mesh)
       batch.pop("index", None)
@@ -271,7 +283,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None):
       if sample_fn is not None and config.sample_every and step % config.sample_every == 0:
         _sample(sample_fn, trainer, state, frozen, workdir / "samples" / f"{step:08d}.png")
       if guard.should_stop_all():
-        log.warning("stop requested (signal); saving step %d and exiting", step)
+        how = "Ctrl-C" if guard.received_signal == signal.SIGINT else "stop requested (signal)"
+        log.warning("%s: saving step %d and exiting (re-run the same command to resume)", how, step)
         break
       if budget is not None:
         if clock is None:  # start the clock after the first (compiling) step
