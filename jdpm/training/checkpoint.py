@@ -39,6 +39,8 @@ import json
 import logging
 import os
 import re
+import sys
+import threading
 
 from etils import epath
 import grain
@@ -222,6 +224,7 @@ class Checkpointer:
                     self._directory)
       return None
 
+    _quiet_aborted_reads()  # before any read: a failing one prints from other threads at once
     bad_steps = []
     for candidate in candidates:
       restored, reason = self._try_restore(candidate, abstract_state, data_iterator, abstract_frozen)
@@ -476,6 +479,63 @@ def _all_processes_agree(ok):
     return ok
   flags = multihost_utils.process_allgather(np.asarray(ok, np.int32))
   return bool(np.all(flags))
+
+
+def _is_closed_loop_error(error):
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+def _is_read_leftover(error):
+  """An error of an aborted checkpoint read that nobody awaits any more."""
+  text = str(error)
+  return _is_closed_loop_error(error) or "error while reading array index" in text or (
+      "OUT_OF_RANGE" in text and "OCDBT" in text)
+
+
+class _DropReadLeftovers(logging.Filter):
+  """asyncio's "Future exception was never retrieved" records of an aborted read (already reported)."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
+    if error is None and isinstance(record.msg, str):
+      context = getattr(record, "args", None)
+      error = context.get("exception") if isinstance(context, dict) else None
+    return not (_is_read_leftover(error) or "Event loop is closed" in message
+                or ("never retrieved" in message and ("OCDBT" in message or "array index" in message)))
+
+
+_QUIETED = []
+
+
+def _quiet_aborted_reads():
+  """Silences the leftovers of an aborted TensorStore read (once per process).
+
+  When a step fails to read, Orbax's other pending array reads are finalised later and print thousands of
+  lines ("Exception ignored in: <coroutine ...>", "Event loop is closed" and TensorStore specs). They are
+  harmless (the failure itself was reported in one line), so those — and only those — are dropped.
+  """
+  if _QUIETED:
+    return
+  _QUIETED.append(True)
+  previous_unraisable, previous_thread, previous_except = sys.unraisablehook, threading.excepthook, sys.excepthook
+
+  def unraisable(info):
+    code = getattr(info.object, "cr_code", None)  # a coroutine of the aborted read, finalised later
+    from_read = code is not None and ("orbax" in code.co_filename or "tensorstore" in code.co_filename)
+    if not (from_read or _is_read_leftover(info.exc_value)):
+      previous_unraisable(info)
+
+  def thread_hook(args):
+    if not _is_read_leftover(args.exc_value):
+      previous_thread(args)
+
+  def except_hook(kind, value, tb):  # callbacks from TensorStore's threads are printed through here
+    if not _is_read_leftover(value):
+      previous_except(kind, value, tb)
+
+  sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread_hook, except_hook
+  logging.getLogger("asyncio").addFilter(_DropReadLeftovers())
 
 
 def _failure_reason(error):
