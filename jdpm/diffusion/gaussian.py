@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdpm.checks import check_choice as _check_choice
 from jdpm.diffusion import betas as betas_lib
 from jdpm.diffusion import losses
 from jdpm.diffusion import respace
@@ -411,6 +412,3 @@ def _check_same_shape(**arrays):
     raise ValueError(f"these arrays must share a shape: {shapes}.")
 
 
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {choices}; got {value!r}.")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdpm.checks import check_choice as _check_choice
 from jdpm.samplers import ddim as ddim_lib
 from jdpm.samplers import dpm_solver as dpm_solver_lib
 from jdpm.samplers import engine
@@ -65,10 +66,6 @@ class SamplingPlan:
   trajectory_rows: tuple
   x0_rows: tuple
 
-
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"Unknown {name} {value!r}; choose one of {tuple(choices)}.")
 
 
 def _concrete_float(v):
