@@ -12,9 +12,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs import dit
 from jdpm import generate
 from jdpm.training import trainer
+from tests.runs import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = ["--config.model.hidden_size=16", "--config.model.depth=1", "--config.model.num_heads=2",
@@ -25,14 +25,6 @@ MICRO = ["--config.model.hidden_size=16", "--config.model.depth=1", "--config.mo
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
-
-
-def micro_config(data_dir, total_steps):
-  c = dit.get_config("tiny")
-  c.model.update(dict(hidden_size=16, depth=1, num_heads=2, patch_size=8))
-  c.data.update(dict(name="shapes/tiny", data_dir=str(data_dir)))
-  c.update(dict(batch_size=8, total_steps=total_steps, checkpoint_every=2, log_every=2, sample_every=0))
-  return c
 
 
 def _run(script, *args):

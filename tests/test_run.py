@@ -10,23 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import dit
 from jdpm.training import freeze, run, trainer
+from tests.runs import micro_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LEGACY_RUN = ROOT / "tests" / "data" / "legacy_run"
-
-
-def micro_config(data_dir, total_steps=4):
-  c = dit.get_config("tiny")
-  c.model.update(dict(hidden_size=16, depth=1, num_heads=2, patch_size=8))
-  c.data.update(dict(name="shapes/tiny", data_dir=str(data_dir)))
-  c.batch_size = 8
-  c.total_steps = total_steps
-  c.checkpoint_every = 2
-  c.log_every = 2
-  c.sample_every = 0
-  return c
 
 
 @pytest.fixture(scope="module")

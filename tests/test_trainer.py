@@ -14,20 +14,12 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from configs import dit  # noqa: E402
+from tests import runs  # noqa: E402
 from jdpm.training import trainer  # noqa: E402
 
 
 def micro_config(data_dir, total_steps=20):
-  c = dit.get_config("tiny")
-  c.model.update(dict(hidden_size=32, depth=1, num_heads=2, patch_size=8))
-  c.data.update(dict(name="shapes/tiny", data_dir=str(data_dir)))
-  c.batch_size = 8
-  c.total_steps = total_steps
-  c.checkpoint_every = 10
-  c.log_every = 5
-  c.sample_every = 0
-  return c
+  return runs.micro_config(data_dir, total_steps, hidden_size=32, checkpoint_every=10, log_every=5)
 
 
 @pytest.fixture(scope="module")
