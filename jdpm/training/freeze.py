@@ -15,6 +15,7 @@ The objective sees `merge(trainable, frozen)`, the same tree the model was initi
 
 import re
 
+import flax.traverse_util
 import jax
 
 
@@ -22,30 +23,9 @@ def _path_name(path):
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def unflatten_dict(flat):
-  """{('a', 'b'): leaf} -> {'a': {'b': leaf}}."""
-  tree = {}
-  for keys, leaf in flat.items():
-    node = tree
-    for key in keys[:-1]:
-      node = node.setdefault(key, {})
-    node[keys[-1]] = leaf
-  return tree
-
-
-def flatten_dict(tree):
-  """{'a': {'b': leaf}} -> {('a', 'b'): leaf} (nested dicts only)."""
-  flat = {}
-
-  def visit(node, prefix):
-    if isinstance(node, dict) or hasattr(node, "items") and not hasattr(node, "shape"):
-      for key, value in node.items():
-        visit(value, prefix + (key,))
-    else:
-      flat[prefix] = node
-
-  visit(tree, ())
-  return flat
+# Nested dict <-> {(key, ...): leaf}: Flax's own helpers (they also accept FrozenDicts).
+flatten_dict = flax.traverse_util.flatten_dict
+unflatten_dict = flax.traverse_util.unflatten_dict
 
 
 def split(params, patterns):

@@ -169,13 +169,18 @@ class DenoisingObjective:
       return self.model.apply({"params": params}, x_t, t, cond, **call_kwargs)
     return fn
 
-  def per_example_loss(self, params, batch):
-    terms = self.diffusion.training_losses(self.model_fn(params, batch), batch["image"], batch["t"],
-                                           batch["noise"].astype(batch["image"].dtype),
+  def pass_loss(self, params, batch, **call_kwargs):
+    """One denoising pass with the batch's noise and drops: per-example (weighted loss, raw loss, aux)."""
+    terms = self.diffusion.training_losses(self.model_fn(params, batch, **call_kwargs), batch["image"],
+                                           batch["t"], batch["noise"].astype(batch["image"].dtype),
                                            min_snr_gamma=self.min_snr_gamma or None)
     losses = terms["loss"].astype(jnp.float32)
     aux = {k: v.astype(jnp.float32) for k, v in terms.items() if k != "loss"}
-    return losses * batch["weights"], dict(aux, raw_loss=losses)
+    return losses * batch["weights"], losses, aux
+
+  def per_example_loss(self, params, batch):
+    weighted, raw, aux = self.pass_loss(params, batch)
+    return weighted, dict(aux, raw_loss=raw)
 
   def update_extra(self, extra, batch, losses, aux):
     return self.sampler.update(extra, batch["t"], jax.lax.stop_gradient(aux["raw_loss"]))
@@ -196,15 +201,6 @@ class MaskedPassObjective(DenoisingObjective):
   def masked_call_kwargs(self, masked) -> dict:
     """The model's extra call arguments for the masked pass (its masks)."""
     raise NotImplementedError
-
-  def pass_loss(self, params, batch, **call_kwargs):
-    """Per-example (weighted loss, aux) of one pass with the batch's noise and drops."""
-    terms = self.diffusion.training_losses(self.model_fn(params, batch, **call_kwargs), batch["image"],
-                                           batch["t"], batch["noise"].astype(batch["image"].dtype),
-                                           min_snr_gamma=self.min_snr_gamma or None)
-    losses = terms["loss"].astype(jnp.float32)
-    aux = {k: v.astype(jnp.float32) for k, v in terms.items() if k != "loss"}
-    return losses * batch["weights"], losses, aux
 
   def per_example_loss(self, params, batch):
     masked = batch["masked"]

@@ -77,15 +77,14 @@ def validate(config, data_info, model=None, objective=None) -> None:
                       f"{config.grad_accum_steps} micro-batches that are each divisible by {n_dev} devices.")
   h, w, c = data_info.image_shape
   if model is not None and hasattr(model, "sample_shape"):
-    if tuple(model.sample_shape) != (h, w, c):
-      mh, _, mc = model.sample_shape
-      raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
-                        f"{mh}x{mh}x{mc}; set --config.model.input_size/--config.model.in_channels.")
+    expected = tuple(model.sample_shape)
   else:
-    size, channels = config.model.get("input_size"), config.model.get("in_channels")
-    if (size, size, channels) != (h, w, c):
-      raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
-                        f"{size}x{size}x{channels}; set --config.model.input_size/--config.model.in_channels.")
+    size = config.model.get("input_size")
+    expected = (size, size, config.model.get("in_channels"))
+  if expected != (h, w, c):
+    raise ConfigError(f"dataset {data_info.name!r} yields {h}x{w}x{c} inputs but the model expects "
+                      f"{'x'.join(map(str, expected))}; set --config.model.input_size/"
+                      "--config.model.in_channels.")
   reads_labels = objective is None or "label" in getattr(objective, "batch_keys", ("label",))
   if reads_labels and "num_classes" in config.model and config.model.num_classes != data_info.num_classes:
     raise ConfigError(f"dataset {data_info.name!r} has {data_info.num_classes} classes but "
@@ -93,8 +92,9 @@ def validate(config, data_info, model=None, objective=None) -> None:
   if objective is not None:
     missing = [k for k in objective.batch_keys if k not in data_info.element_spec]
     if missing:
-      raise ConfigError(f"objective {config.get('objective', 'denoising')!r} reads batch keys {missing} that "
-                        f"dataset {data_info.name!r} does not yield (it yields {sorted(data_info.element_spec)}).")
+      raise ConfigError(f"objective {config.get('objective', 'denoising')!r} reads batch keys {missing} "
+                        f"that dataset {data_info.name!r} does not yield "
+                        f"(it yields {sorted(data_info.element_spec)}).")
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}.")
 
