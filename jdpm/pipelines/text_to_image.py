@@ -73,8 +73,14 @@ class TextToImagePipeline:
     return self._tokenizer
 
   def tokenize(self, prompts):
-    """Prompts → (B, 77) int32 ids with the folder's tokenizer (needs transformers)."""
-    return clip_text.tokenize(self.tokenizer(), prompts, self.text_encoder.max_position_embeddings)
+    """Prompts → (B, 77) int32 ids with the folder's tokenizer (needs transformers).
+
+    An empty prompt or one longer than the text encoder's context is refused (Stable Diffusion
+    pipelines would silently truncate it); the unconditional context is the negative prompt's."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    length = self.text_encoder.max_position_embeddings
+    check_prompts(prompts, lambda p: len(self.tokenizer()(p)["input_ids"]), length)
+    return clip_text.tokenize(self.tokenizer(), prompts, length)
 
   def empty_prompt_ids(self, batch=1):
     """Ids of the empty prompt, [BOS, EOS, pad, ...], from the tokenizer folder's vocabulary and
@@ -101,6 +107,19 @@ class TextToImagePipeline:
   def decode(self, latents):
     """Diffusion latents (B, h, w, c) → images (B, H, W, 3) in about [-1, 1]."""
     return self._decode(self.vae_variables, latents)
+
+
+def check_prompts(prompts, count_tokens, context_length):
+  """Refuses empty prompts and prompts whose tokens (with start and end tokens, as `count_tokens`
+  counts them) exceed the text encoder's context of `context_length` positions."""
+  for i, prompt in enumerate(prompts):
+    if not prompt.strip():
+      raise ValueError(f"prompt {i} is empty: give a description (the empty prompt is the "
+                       f"unconditional context; set it with negative_prompt=).")
+    n = count_tokens(prompt)
+    if n > context_length:
+      raise ValueError(f"prompt {i} has {n} tokens with its start and end tokens, more than the text "
+                       f"encoder's context of {context_length}: shorten it ({prompt[:40]!r}...).")
 
 
 def _content(token):
@@ -139,8 +158,8 @@ def _batch_sharding(batch):
 
 def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="", negative_input_ids=None,
                   num_images_per_prompt=1, height=None, width=None, steps=20, guidance_scale=7.5,
-                  guidance_window=None, method="unipc", order=2, seed=0, latents=None, decode=True,
-                  apply_fn=None, **sampler_kwargs):
+                  guidance_window=None, drop_text_last=None, keep="uncond", method="unipc", order=2,
+                  seed=0, latents=None, decode=True, apply_fn=None, **sampler_kwargs):
   """Generates images from prompts.
 
   Args:
@@ -156,6 +175,10 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
     guidance_scale: classifier-free guidance scale; None or 1.0 → conditional model only (one
       batch-B call per step; 1.0 still runs the doubled batch and equals it up to rounding).
     guidance_window: (lo, hi) fractions of the evaluations that are guided (None: all).
+    drop_text_last: condition-dropping acceleration: guide all but the last ``drop_text_last``
+      model evaluations, which then make one network call each (None or 0: guide every one).
+    keep: what those last evaluations use: "uncond" (the unconditional prediction, as the paper)
+      or "cond" (the conditional one).
     method, order, **sampler_kwargs: ``jdpm.samplers.sample`` options (UniPC order 2 by default,
       as diffusers' UniPCMultistepScheduler).
     seed: initial-noise seed (the same seed gives the same images).
@@ -166,7 +189,9 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
       ``capture_cross_attention`` / ``substitute``).
 
   Returns:
-    dict: "images" (B, H, W, 3) in about [-1, 1] (when decode), "latents" (B, h, w, c), "nfe".
+    dict: "images" (B, H, W, 3) in about [-1, 1] (when decode), "latents" (B, h, w, c), "nfe"
+    (model evaluations of the sampler) and "network_calls" (batch-B UNet passes: a guided
+    evaluation counts two).
   """
   pipe = pipeline if isinstance(pipeline, TextToImagePipeline) else load_pipeline(pipeline)
   if (prompts is None) == (input_ids is None):
@@ -197,17 +222,45 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
   sharding = _batch_sharding(batch)
   if sharding is not None:
     latents, context = jax.device_put((latents, context), sharding)
-  noise_fn = samplers.make_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule,
-                                    y=context, model_type=pipe.model_type, guidance_scale=guidance_scale,
-                                    null=null, guidance_window=guidance_window)
+  plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k != "rng"}
+  nfe = int(samplers.make_plan(pipe.schedule, method=method, steps=steps, order=order, **plan_kwargs).nfe)
+  noise_fn = make_text_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule, context,
+                                null, nfe, model_type=pipe.model_type, guidance_scale=guidance_scale,
+                                guidance_window=guidance_window, drop_text_last=drop_text_last, keep=keep)
   x0 = samplers.sample(noise_fn, pipe.schedule, latents, method=method, steps=steps, order=order,
                        **sampler_kwargs)
-  plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k != "rng"}
-  nfe = samplers.make_plan(pipe.schedule, method=method, steps=steps, order=order, **plan_kwargs).nfe
-  out = {"latents": x0, "nfe": int(nfe)}
+  out = {"latents": x0, "nfe": nfe, "network_calls": network_calls(nfe, guidance_scale, guidance_window,
+                                                                   drop_text_last)}
   if decode:
     out["images"] = pipe.decode(x0)
   return out
 
 
-__all__ = ["PREDICTION_TYPES", "TextToImagePipeline", "load_pipeline", "text_to_image"]
+def make_text_noise_fn(apply_fn, variables, schedule, context, null, nfe, *, model_type="noise",
+                       guidance_scale=None, guidance_window=None, drop_text_last=None, keep="uncond"):
+  """The samplers' noise function for a text-conditional denoiser, with classifier-free guidance
+  (scale None: conditional only), an optional guidance window and the condition-dropping
+  acceleration (guidance for the first nfe - drop_text_last evaluations, then `keep` only)."""
+  guidance = None
+  if drop_text_last:
+    if guidance_scale is None:
+      raise ValueError("drop_text_last needs classifier-free guidance (a guidance_scale).")
+    guidance = samplers.drop_condition_guidance(guidance_scale, null, nfe=nfe, drop_last=int(drop_text_last),
+                                                keep=keep, window=guidance_window, total_n=schedule.total_n)
+    guidance_scale = None
+  return samplers.make_noise_fn(apply_fn, variables, schedule, y=context, model_type=model_type,
+                                guidance_scale=guidance_scale, null=null, guidance_window=guidance_window
+                                if guidance is None else None, guidance=guidance)
+
+
+def network_calls(nfe, guidance_scale, guidance_window=None, drop_text_last=None):
+  """Batch-B network passes of a run (None when a guidance window makes it depend on the grid)."""
+  if guidance_scale is None:
+    return nfe
+  if guidance_window is not None:
+    return None
+  return samplers.guided_nfe(nfe, int(drop_text_last or 0))
+
+
+__all__ = ["PREDICTION_TYPES", "TextToImagePipeline", "check_prompts", "load_pipeline", "make_text_noise_fn",
+           "network_calls", "text_to_image"]

@@ -10,7 +10,8 @@ noise_fn(x, t) the samplers take.
 """
 
 from jdpm.samplers.analytic import gaussian_mixture_eps, gaussian_mixture_noise_fn
-from jdpm.samplers.guidance import Guidance, NoiseFn, make_guidance, make_noise_fn
+from jdpm.samplers.guidance import (Guidance, NoiseFn, drop_condition_guidance, guided_nfe, guided_until,
+                                    make_guidance, make_noise_fn)
 from jdpm.samplers.sampling import METHODS, LongFinalStepWarning, SamplingPlan, make_plan, sample
 from jdpm.samplers.thresholding import dynamic_thresholding
 from jdpm.samplers.timesteps import SKIP_TYPES, singlestep_orders

@@ -16,7 +16,12 @@ one guidance combiner of jdpm: the ODE samplers use it through `NoiseFn`, DDPM s
     guide 3 of the 4 latent channels; the rest are the conditional output);
   * a guidance window: guidance only for the fraction window = (lo, hi) of the model evaluations
     (e.g. (0, 0.4) = the first 40%); outside it a single batch-B call with the conditional (or null)
-    condition, chosen at run time by `lax.cond`, so that those steps cost one forward pass.
+    condition, chosen at run time by `lax.cond`, so that those steps cost one forward pass;
+  * condition-dropping acceleration (Yi et al. 2024, "Towards Understanding the Working Mechanism of
+    Text-to-Image Diffusion Model"): guidance for the first k model evaluations only, then the unconditional
+    prediction alone (the paper) or the conditional one alone; k is a run-time value (`until`, a leaf), so
+    every k shares one compiled sampling program. `drop_condition_guidance` builds it and `guided_nfe`
+    counts its network calls.
 
 The results are pytrees (parameters, conditions and scales are leaves), so `sample` passes them to its
 compiled loop as arguments instead of baking them into the program.
@@ -27,6 +32,7 @@ import typing
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdpm.diffusion import conditioning
 from jdpm.diffusion.guidance import combine, power_cosine_guidance_scale
@@ -78,9 +84,12 @@ class Guidance:
     outside: "cond" or "uncond": the single prediction used outside the window.
     scale_pow: MDTv2's power-cosine schedule with this power (None: constant scale).
     total_n: steps of the discrete process that t_model counts (the schedule's time unit).
+    until: () fraction of the model evaluations, from the first, that are guided (a run-time value; None:
+      no such limit); the later ones make the single `outside` call. With a window, both must hold.
   """
   scale: typing.Any
   null: typing.Any
+  until: typing.Any = None
   channels: typing.Optional[int] = _static()
   window: typing.Optional[tuple] = _static()
   outside: str = _static("cond")
@@ -89,7 +98,7 @@ class Guidance:
 
   @property
   def uses_progress(self):
-    return self.window is not None
+    return self.window is not None or self.until is not None
 
   def scale_at(self, t_model, dtype, ndim):
     """The scale for network time inputs t_model (B,), shaped to broadcast over (B, ...) of ndim dims."""
@@ -113,15 +122,20 @@ class Guidance:
     return fn(x, t, cond)
 
   def __call__(self, fn, x, t, cond, *, t_model, progress=None):
-    if self.window is None or progress is None:
+    if not self.uses_progress or progress is None:
       return self.guided(fn, x, t, cond, t_model)
-    lo, hi = self.window
-    inside = (progress >= lo) & (progress < hi)
+    inside = jnp.asarray(True)
+    if self.window is not None:
+      lo, hi = self.window
+      inside = (progress >= lo) & (progress < hi)
+    if self.until is not None:
+      inside = inside & (progress < self.until)
     return jax.lax.cond(inside, lambda x, t: self.guided(fn, x, t, cond, t_model),
                         lambda x, t: self.single(fn, x, t, cond), x, t)
 
 
-def make_guidance(scale, null, *, channels=None, window=None, outside="cond", scale_pow=None, total_n=1000):
+def make_guidance(scale, null, *, channels=None, window=None, outside="cond", scale_pow=None, total_n=1000,
+                  until=None):
   """Validates the guidance settings and returns a `Guidance` (see its attributes)."""
   if null is None:
     raise ValueError("classifier-free guidance needs the null condition (null=..., or null_label= the "
@@ -136,7 +150,41 @@ def make_guidance(scale, null, *, channels=None, window=None, outside="cond", sc
   if channels is not None and channels < 1:
     raise ValueError(f"guided_channels must be >= 1 or None; got {channels}.")
   return Guidance(scale=jnp.asarray(scale), null=null, channels=channels, window=window, outside=outside,
-                  scale_pow=None if scale_pow is None else float(scale_pow), total_n=int(total_n))
+                  scale_pow=None if scale_pow is None else float(scale_pow), total_n=int(total_n),
+                  until=None if until is None else jnp.asarray(until, jnp.float32))
+
+
+def _check_drop(nfe, drop_last):
+  for name, v in (("nfe", nfe), ("drop_last", drop_last)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+      raise ValueError(f"{name} must be an integer >= 0; got {v!r}.")
+  if drop_last > nfe:
+    raise ValueError(f"drop_last={drop_last} exceeds the {nfe} model evaluations of the sampler.")
+
+
+def guided_until(nfe, drop_last):
+  """The `until` fraction that guides the first nfe - drop_last of nfe model evaluations.
+
+  The samplers pass progress = j / nfe for evaluation j; the cut lies half an evaluation before the first
+  unguided one, so float32 rounding of j / nfe cannot move it.
+  """
+  _check_drop(nfe, drop_last)
+  return (nfe - drop_last - 0.5) / nfe
+
+
+def drop_condition_guidance(scale, null, *, nfe, drop_last, keep="uncond", **kwargs):
+  """Classifier-free guidance for the first nfe - drop_last model evaluations, then one network call per
+  evaluation: the unconditional prediction (keep="uncond", the paper's acceleration) or the conditional one
+  (keep="cond"). nfe is the sampler's number of model evaluations (`make_plan(...).nfe`); other keyword
+  arguments go to `make_guidance`. Changing drop_last reuses the compiled sampling program."""
+  return make_guidance(scale, null, outside=keep, until=guided_until(nfe, drop_last), **kwargs)
+
+
+def guided_nfe(nfe, drop_last=0):
+  """Network calls (in units of one batch-B forward pass) of a guided run with `nfe` model evaluations whose
+  last `drop_last` are unguided: 2 (nfe - drop_last) + drop_last, e.g. 50 steps, drop_last 25 → 75."""
+  _check_drop(nfe, drop_last)
+  return 2 * (nfe - drop_last) + drop_last
 
 
 @jax.tree_util.register_dataclass
