@@ -35,7 +35,11 @@ PREDICTION_TYPES = {"epsilon": "noise", "v_prediction": "v", "sample": "x0"}
 
 @dataclasses.dataclass
 class TextToImagePipeline:
-  """A loaded Stable Diffusion pipeline: modules, variables, tokenizer folder and schedule."""
+  """A loaded text-to-image pipeline: modules, variables, tokenizer and schedule.
+
+  A Stable Diffusion folder gives a latent pipeline (VAE, transformers' tokenizer read from
+  ``tokenizer_dir``); jdpm's built-in model (`jdpm.t2i.bundle`) a pixel-space one (``vae=None``)
+  with a ``word_tokenizer`` (`jdpm.t2i.tokenizer.WordTokenizer`)."""
   unet: Any
   unet_variables: Any
   vae: Any
@@ -47,12 +51,13 @@ class TextToImagePipeline:
   model_type: str = "noise"
   scheduler_config: dict = dataclasses.field(default_factory=dict)
   _tokenizer: Any = None
+  word_tokenizer: Any = None
 
   def __post_init__(self):
     # Compiled once per pipeline (per input shape); variables are arguments, not constants.
     text, vae = self.text_encoder, self.vae
     self._encode = jax.jit(lambda v, ids: text.apply(v, ids)["last_hidden_state"])
-    self._decode = jax.jit(vae.decode_latents)
+    self._decode = (lambda _, x: x) if vae is None else jax.jit(vae.decode_latents)
 
   @property
   def latent_shape(self):
@@ -63,7 +68,12 @@ class TextToImagePipeline:
   def image_size(self):
     """Default (H, W) of generated images: the UNet's sample size times the VAE's factor."""
     h, w, _ = self.latent_shape
-    return h * self.vae.downsampling_factor, w * self.vae.downsampling_factor
+    return h * self.downsampling_factor, w * self.downsampling_factor
+
+  @property
+  def downsampling_factor(self):
+    """Image pixels per latent pixel (1 for a pixel-space pipeline)."""
+    return 1 if self.vae is None else self.vae.downsampling_factor
 
   def tokenizer(self):
     if self._tokenizer is None:
@@ -77,6 +87,8 @@ class TextToImagePipeline:
 
     An empty prompt or one longer than the text encoder's context is refused (Stable Diffusion
     pipelines would silently truncate it); the unconditional context is the negative prompt's."""
+    if self.word_tokenizer is not None:
+      return self.word_tokenizer.encode(prompts)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     length = self.text_encoder.max_position_embeddings
     check_prompts(prompts, lambda p: len(self.tokenizer()(p)["input_ids"]), length)
@@ -85,6 +97,8 @@ class TextToImagePipeline:
   def empty_prompt_ids(self, batch=1):
     """Ids of the empty prompt, [BOS, EOS, pad, ...], from the tokenizer folder's vocabulary and
     special tokens (no BPE needed); the unconditional context of classifier-free guidance."""
+    if self.word_tokenizer is not None:
+      return self.word_tokenizer.empty_ids(batch)
     length = self.text_encoder.max_position_embeddings
     if self.tokenizer_dir is None:
       raise ValueError("This pipeline has no tokenizer folder: pass negative_input_ids.")
@@ -133,7 +147,9 @@ def load_pipeline(pipeline_dir, dtype=jnp.float32):
   parts = convert.from_diffusers(pipeline_dir, dtype=dtype)
   missing = [name for name in ("unet", "vae", "text_encoder", "scheduler") if name not in parts]
   if missing:
-    raise ValueError(f"{pipeline_dir} lacks the component(s) {missing} a text-to-image pipeline needs.")
+    raise ValueError(f"{pipeline_dir} lacks the component(s) {missing} a text-to-image pipeline needs "
+                     f"(a diffusers Stable Diffusion folder has unet/, vae/, text_encoder/, tokenizer/ "
+                     f"and scheduler/ with model_index.json).")
   scheduler = parts["scheduler"]
   prediction = scheduler.get("prediction_type", "epsilon")
   if prediction not in PREDICTION_TYPES:
@@ -156,7 +172,8 @@ def _batch_sharding(batch):
   return NamedSharding(mesh, P("data"))
 
 
-def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="", negative_input_ids=None,
+def text_to_image(pipeline, prompts=None, *, input_ids=None, context=None, null_context=None,
+                  negative_prompt="", negative_input_ids=None,
                   num_images_per_prompt=1, height=None, width=None, steps=20, guidance_scale=7.5,
                   guidance_window=None, drop_text_last=None, keep="uncond", method="unipc", order=2,
                   seed=0, latents=None, decode=True, apply_fn=None, **sampler_kwargs):
@@ -166,7 +183,10 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
     pipeline: a ``TextToImagePipeline`` or a pipeline folder path (loaded on each call: load once
       with ``load_pipeline`` to reuse the compiled programs).
     prompts: a string or a list of B strings (needs transformers' tokenizer), or
-    input_ids: (B, L) token ids instead of prompts.
+    input_ids: (B, L) token ids instead of prompts, or
+    context: the encoded condition instead: (B, L, D) text-encoder states (e.g. edited ones), or any
+      pytree with batch-leading leaves that ``apply_fn`` reads (with ``null_context`` of its structure).
+    null_context: the unconditional condition of guidance instead of the negative prompt's context.
     negative_prompt / negative_input_ids: the unconditional context of classifier-free guidance
       (default: the empty prompt, as Stable Diffusion).
     num_images_per_prompt: images per prompt (the batch is B · this).
@@ -191,17 +211,21 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
   Returns:
     dict: "images" (B, H, W, 3) in about [-1, 1] (when decode), "latents" (B, h, w, c), "nfe"
     (model evaluations of the sampler) and "network_calls" (batch-B UNet passes: a guided
-    evaluation counts two).
+    evaluation counts two); with ``return_trajectory=True`` also the sampler's "trajectory"
+    (S + 1, B, h, w, c), "x0_pred" (NFE, B, h, w, c) and "timesteps" (S + 1,).
   """
   pipe = pipeline if isinstance(pipeline, TextToImagePipeline) else load_pipeline(pipeline)
-  if (prompts is None) == (input_ids is None):
-    raise ValueError("Give prompts or input_ids (exactly one).")
-  ids = pipe.tokenize(prompts) if input_ids is None else np.asarray(input_ids, np.int32)
-  ids = np.repeat(ids, num_images_per_prompt, axis=0)
-  batch = ids.shape[0]
-  context = pipe.encode(ids)
-  null = None
-  if guidance_scale is not None:
+  if sum(v is not None for v in (prompts, input_ids, context)) != 1:
+    raise ValueError("Give prompts or input_ids (exactly one; or an encoded context).")
+  if context is None:
+    ids = pipe.tokenize(prompts) if input_ids is None else np.asarray(input_ids, np.int32)
+    ids = np.repeat(ids, num_images_per_prompt, axis=0)
+    context = pipe.encode(ids)
+  else:
+    context = jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), num_images_per_prompt, axis=0), context)
+  batch = jax.tree.leaves(context)[0].shape[0]
+  null = null_context
+  if guidance_scale is not None and null is None:
     if negative_input_ids is None:
       negative_input_ids = (pipe.empty_prompt_ids() if negative_prompt == ""
                             else pipe.tokenize([negative_prompt]))
@@ -210,7 +234,7 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
       negative = np.repeat(negative, num_images_per_prompt, axis=0)
     null = pipe.encode(negative)
     null = null[0] if null.shape[0] == 1 else null  # (L, D) broadcasts over the batch
-  factor = pipe.vae.downsampling_factor
+  factor = pipe.downsampling_factor
   h, w, c = pipe.latent_shape
   if height is not None or width is not None:
     height, width = height or h * factor, width or w * factor
@@ -229,7 +253,11 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, negative_prompt="",
                                 guidance_window=guidance_window, drop_text_last=drop_text_last, keep=keep)
   x0 = samplers.sample(noise_fn, pipe.schedule, latents, method=method, steps=steps, order=order,
                        **sampler_kwargs)
-  out = {"latents": x0, "nfe": nfe, "network_calls": network_calls(nfe, guidance_scale, guidance_window,
+  extra = {}
+  if sampler_kwargs.get("return_trajectory"):
+    x0, info = x0
+    extra = {"trajectory": info["trajectory"], "x0_pred": info["x0_pred"], "timesteps": info["timesteps"]}
+  out = {**extra, "latents": x0, "nfe": nfe, "network_calls": network_calls(nfe, guidance_scale, guidance_window,
                                                                    drop_text_last)}
   if decode:
     out["images"] = pipe.decode(x0)
