@@ -68,6 +68,7 @@ def tiny(c):
   c.restorer.model.features = 8
   c.restorer.model.blocks = 1
   c.fusion.model.features = 8
+  c.fusion.model.blocks = 1
   c.fusion.model.time_hidden = 16
   for module in (c.denoiser, c.restorer, c.fusion):
     module.train.total_steps = 3

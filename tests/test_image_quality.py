@@ -1,4 +1,8 @@
-"""PSNR, SSIM and MS-SSIM of jdpm.eval against scikit-image's metrics on the same images."""
+"""PSNR, SSIM and MS-SSIM of jdpm.eval against scikit-image's metrics on the same images; LPIPS against
+the `lpips` package with random backbones (tests/data/lpips_reference.npz, written by
+tools/make_lpips_reference.py)."""
+
+import pathlib
 
 import numpy as np
 import pytest
@@ -61,3 +65,38 @@ def test_bad_inputs_give_one_clear_message():
     jdpm.eval.ssim(x, x)
   with pytest.raises(ValueError, match="same shape"):
     jdpm.eval.psnr(np.zeros((16, 16, 3)), np.zeros((16, 16, 1)))
+
+
+# -- LPIPS ------------------------------------------------------------------------------------------------
+
+LPIPS_CONVS = {"alex": [(0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3), (10, 256, 256, 3)],
+               "vgg": [(0, 3, 64, 3), (2, 64, 64, 3), (5, 64, 128, 3), (7, 128, 128, 3), (10, 128, 256, 3),
+                       (12, 256, 256, 3), (14, 256, 256, 3), (17, 256, 512, 3), (19, 512, 512, 3),
+                       (21, 512, 512, 3), (24, 512, 512, 3), (26, 512, 512, 3), (28, 512, 512, 3)]}
+
+
+def _random_backbone(net):
+  """The reference script's recipe: torchvision-layout weights from np.random.default_rng(0)."""
+  rng = np.random.default_rng(0)
+  out = {}
+  for index, c_in, c_out, k in LPIPS_CONVS[net]:
+    out[f"features.{index}.weight"] = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2.0 / (c_in * k * k))
+                                       ).astype(np.float32)
+    out[f"features.{index}.bias"] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
+  return out
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_equals_the_lpips_package(net):
+  ref = np.load(pathlib.Path(__file__).parent / "data" / "lpips_reference.npz")
+  heads = {f"lin{k}.model.1.weight": ref[f"{net}/lin{k}"] for k in range(5)}
+  params = image_quality.lpips_params_from_torch(_random_backbone(net), heads, net)
+  x0 = np.transpose(ref[f"{net}/x0"], (0, 2, 3, 1))  # NCHW in [-1, 1] -> NHWC in [0, 1]
+  x1 = np.transpose(ref[f"{net}/x1"], (0, 2, 3, 1))
+  ours = np.asarray(image_quality.lpips((x0 + 1) / 2, (x1 + 1) / 2, params, net=net))
+  np.testing.assert_allclose(ours, ref[f"{net}/out"], rtol=1e-4)
+
+
+def test_lpips_weights_are_checked():
+  with pytest.raises(ValueError, match="no conv layer features.0"):
+    image_quality.lpips_params_from_torch({"classifier.1.weight": np.zeros((2, 2))}, {}, "alex")

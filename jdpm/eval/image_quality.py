@@ -14,13 +14,17 @@ Conventions follow ``skimage.metrics`` so that numbers can be compared with publ
   fewer scales (each scale must hold the 11 x 11 window) with the exponents renormalised; the
   number used is returned by `ms_ssim_scales`.
 
-LPIPS needs trained backbone weights that jdpm does not ship; it is not part of this module.
+* `lpips` is version 0.1 of the `lpips` package with an AlexNet or VGG16 backbone in Flax; its weights
+  (the package's linear heads, torchvision's backbone) are loaded from the user's files by
+  `lpips_params_from_torch`: jdpm ships none.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -168,3 +172,116 @@ def _avg_pool2(x):
   b, h, w, c = x.shape
   x = x[:, : h - h % 2, : w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+# -- LPIPS -------------------------------------------------------------------------------------------
+# Zhang et al. (2018), version 0.1 of the `lpips` package: the input scaling layer, the ReLU outputs of
+# five stages of AlexNet or VGG16 (torchvision's `features`), each unit-normalised over channels, the
+# squared difference weighted by a trained 1x1 "linear head" per stage, averaged over space, summed.
+# The heads ship inside the `lpips` package (weights/v0.1/<net>.pth); the backbone is the torchvision
+# ImageNet model, which the user supplies (jdpm ships neither).
+
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+# (torchvision features index, out channels, kernel, stride, padding) of every conv; "M" a max pool;
+# "|" ends an LPIPS stage (its ReLU output is compared).
+LPIPS_LAYERS = {
+    "alex": [(0, 64, 11, 4, 2), "|", ("M", 3), (3, 192, 5, 1, 2), "|", ("M", 3), (6, 384, 3, 1, 1), "|",
+             (8, 256, 3, 1, 1), "|", (10, 256, 3, 1, 1), "|"],
+    "vgg": [(0, 64, 3, 1, 1), (2, 64, 3, 1, 1), "|", ("M", 2), (5, 128, 3, 1, 1), (7, 128, 3, 1, 1), "|",
+            ("M", 2), (10, 256, 3, 1, 1), (12, 256, 3, 1, 1), (14, 256, 3, 1, 1), "|", ("M", 2),
+            (17, 512, 3, 1, 1), (19, 512, 3, 1, 1), (21, 512, 3, 1, 1), "|", ("M", 2),
+            (24, 512, 3, 1, 1), (26, 512, 3, 1, 1), (28, 512, 3, 1, 1), "|"],
+}
+
+
+def _lpips_module():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel  (Flax only where LPIPS is used)
+
+  class LPIPS(nn.Module):
+    """LPIPS distance of (B, H, W, 3) images in [-1, 1]: (B,). Parameters: `lpips_params_from_torch`."""
+    net: str = "alex"
+
+    def features(self, x, convs):
+      x = (x - jnp.asarray(LPIPS_SHIFT)) / jnp.asarray(LPIPS_SCALE)
+      outs = []
+      for layer in LPIPS_LAYERS[self.net]:
+        if layer == "|":
+          outs.append(x)
+        elif layer[0] == "M":
+          x = nn.max_pool(x, (layer[1], layer[1]), strides=(2, 2))
+        else:
+          x = nn.relu(convs[layer[0]](x))
+      return outs
+
+    @nn.compact
+    def __call__(self, x, y):
+      convs = {index: nn.Conv(channels, (k, k), strides=(s, s), padding=((p, p), (p, p)), name=f"conv{index}",
+                              precision=jax.lax.Precision.HIGHEST)
+               for index, channels, k, s, p in (l for l in LPIPS_LAYERS[self.net] if l != "|" and l[0] != "M")}
+      total = 0.0
+      for i, (fx, fy) in enumerate(zip(self.features(x, convs), self.features(y, convs))):
+        nx = fx / (jnp.sqrt(jnp.sum(fx ** 2, axis=-1, keepdims=True)) + 1e-10)
+        ny = fy / (jnp.sqrt(jnp.sum(fy ** 2, axis=-1, keepdims=True)) + 1e-10)
+        head = nn.Conv(1, (1, 1), use_bias=False, name=f"lin{i}", precision=jax.lax.Precision.HIGHEST)
+        total = total + jnp.mean(head((nx - ny) ** 2), axis=(1, 2, 3))
+      return total
+
+  return LPIPS
+
+
+def lpips_params_from_torch(backbone, heads, net="alex"):
+  """Flax parameters of `LPIPS` from PyTorch state dicts (file paths or {name: array} mappings).
+
+  Args:
+    backbone: torchvision's AlexNet / VGG16 weights (keys ``features.<i>.weight`` / ``.bias``, as in
+      ``torchvision.models.alexnet(weights=...).state_dict()``), or an `lpips` model's state dict
+      (keys ``net.slice<k>.<i>.weight``).
+    heads: the `lpips` package's ``weights/v0.1/<net>.pth`` (keys ``lin<k>.model.1.weight``), or a
+      mapping with those keys.
+  Raises:
+    ValueError: a weight is missing (the message names it).
+  """
+  from jdpm.convert.state_dict import load_state_dict  # pylint: disable=import-outside-toplevel
+  if net not in LPIPS_LAYERS:
+    raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_LAYERS)}; got {net!r}.")
+  b = load_state_dict(backbone)
+  h = load_state_dict(heads)
+  by_index = {}
+  for key, value in b.items():
+    parts = key.split(".")
+    if parts[0] == "features" or (parts[0] == "net" and parts[1].startswith("slice")):
+      by_index[(int(parts[-2]), parts[-1])] = value
+  params = {}
+  for layer in LPIPS_LAYERS[net]:
+    if isinstance(layer, tuple) and layer[0] != "M":
+      i = layer[0]
+      if (i, "weight") not in by_index:
+        raise ValueError(f"the {net} backbone weights have no conv layer features.{i} (keys look like "
+                         f"{sorted(b)[:3]}); pass torchvision's {net} state dict.")
+      params[f"conv{i}"] = {"kernel": np.transpose(by_index[(i, "weight")], (2, 3, 1, 0)),
+                            "bias": by_index[(i, "bias")]}
+  for k in range(5):
+    key = f"lin{k}.model.1.weight"
+    if key not in h:
+      raise ValueError(f"the LPIPS heads have no {key}; pass the lpips package's weights/v0.1/{net}.pth.")
+    params[f"lin{k}"] = {"kernel": np.transpose(h[key], (2, 3, 1, 0))}
+  return jax.tree.map(jnp.asarray, params)
+
+
+def lpips(x, y, params, net="alex", data_range=1.0):
+  """LPIPS distance (lower is closer) of (H, W, 3) / (B, H, W, 3) images with values in [0, data_range].
+
+  Args:
+    params: from `lpips_params_from_torch` (the weights are not shipped with jdpm).
+  Returns:
+    a scalar, or (B,) for a batch.
+  """
+  x, y, single = _as_batch(x, y, "lpips")
+  value = _lpips_apply(params, 2.0 * x / data_range - 1.0, 2.0 * y / data_range - 1.0, net)
+  return value[0] if single else value
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _lpips_apply(params, x, y, net):
+  return _lpips_module()(net=net).apply({"params": params}, x, y)

@@ -12,6 +12,7 @@ The restorer may be any callable ``y -> x0_IR`` instead (`restorer_fn`), e.g. a 
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -84,25 +85,36 @@ class DPIR:
     return self.restorer.apply({"params": params["restorer"]}, y)
 
   def restore(self, params, y, rng, *, steps=None, tau=None, eta=1.0, restorer_fn: Callable | None = None,
-              x0_ir=None):
+              x0_ir=None, scan=True):
     """DP-IR: (x0 in [0, 1], nfe). `tau` None runs the full chain; `steps` K uses K strided steps.
 
     restorer_fn: a callable y -> x0_IR in [0, 1] replacing the trained phi_IR (e.g. a classical
-    baseline); x0_ir: the restorer's output, when already computed.
+    baseline); x0_ir: the restorer's output, when already computed. scan=False runs the steps in
+    Python with the network step jit-compiled once (one compilation serves every ladder length).
     """
     if x0_ir is None:
       x0_ir = restorer_fn(y) if restorer_fn is not None else self.restore_ir(params, y)
     x0_ir = to_model(x0_ir)
+    estimate = self.x0_hat if scan else self._x0_hat_jit
 
     def x0_fn(x_n, n):
-      return self.fuse(params, x0_ir, self.denoise(params, x_n, n), n)
+      return estimate(params, x0_ir, x_n, n)
 
     rng_start, rng = jax.random.split(rng)
     x_T = jax.random.normal(rng_start, x0_ir.shape)
-    x0, nfe = sampler.sample(x0_fn, self.alphas_cumprod, x_T, rng, steps=steps, tau=tau, x0_jump=x0_ir, eta=eta)
+    x0, nfe = sampler.sample(x0_fn, self.alphas_cumprod, x_T, rng, steps=steps, tau=tau, x0_jump=x0_ir, eta=eta,
+                             scan=scan)
     return to_image(x0), nfe
 
-  def restore_denoiser_only(self, params, y, operator, rng, shape, *, steps=None, eta=1.0, dc_steps=5):
+  def x0_hat(self, params, x0_ir, x_n, n):
+    """E[x0 | y, x_n] = phi_F(x0_IR, phi_D(x~_n, sigma~_n), n), all in [-1, 1]."""
+    return self.fuse(params, x0_ir, self.denoise(params, x_n, n), n)
+
+  @functools.cached_property
+  def _x0_hat_jit(self):
+    return jax.jit(self.x0_hat)
+
+  def restore_denoiser_only(self, params, y, operator, rng, shape, *, steps=None, eta=1.0, dc_steps=5, scan=True):
     """The baseline without a restorer: phi_D's estimate made consistent with y at every step.
 
     x0_hat = phi_D(x~, sigma~), then `dc_steps` gradient steps on ||A x0_hat - y||^2 / 2 (in [0, 1]
@@ -126,7 +138,8 @@ class DPIR:
 
     rng_start, rng = jax.random.split(rng)
     x_T = jax.random.normal(rng_start, shape)
-    x0, nfe = sampler.sample(x0_fn, self.alphas_cumprod, x_T, rng, steps=steps, eta=eta)
+    x0, nfe = sampler.sample(x0_fn if scan else jax.jit(x0_fn), self.alphas_cumprod, x_T, rng, steps=steps,
+                             eta=eta, scan=scan)
     return to_image(x0), nfe
 
 

@@ -166,6 +166,10 @@ def train_module(objective, params, config, directory, images, *, frozen_pattern
     images: (N, P, P, 3) float32 training patches in [0, 1].
     frozen_patterns: regular expressions of `jdpm.training.freeze.split`.
   """
+  directory = pathlib.Path(directory)
+  if directory.is_dir() and any(directory.iterdir()):
+    raise ValueError(f"{directory} already holds a trained module; delete it to train again, or use "
+                     f"another --workdir.")
   trainable, frozen = freeze.split(params, frozen_patterns)
   tx = optimizers.make_optimizer(config.optimizer)
   rng = jax.random.PRNGKey(seed)
