@@ -1,5 +1,8 @@
 """Attention Modulation Matrix: golden matrices of the official EDT code, its geometry, and the
-apply-time switch in DiT."""
+apply-time switch in DiT.
+
+Reference data: edt_amm.npz, written by tools/make_edt_reference.py from the official EDT code.
+"""
 
 import pathlib
 

@@ -1,4 +1,8 @@
-"""Official checkpoints → jdpm variables: formats, layouts, the torch-free .pt reader, errors."""
+"""Official checkpoints → jdpm variables: formats, layouts, the torch-free .pt reader, errors.
+
+Reference data: dit_tiny.npz (tools/make_dit_reference.py, the official DiT code) and
+dit_foreign_state_dict_shapes.npz (tools/make_foreign_shapes.py, the official MDT and EDT code).
+"""
 
 import functools
 import pathlib

@@ -10,10 +10,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 README = ROOT / "tools" / "README.md"
 
-# Test modules that read tests/data but are maintained with other work; they still have to name
-# their producing script (listed here only until they do).
-NOT_YET_ANNOTATED = {"test_amm.py", "test_samplers.py", "test_samplers_convergence.py",
-                     "test_sampler_final_step.py", "test_convert.py", "test_run.py"}
 
 
 def manifest():
@@ -54,7 +50,7 @@ def test_reading_modules_name_their_producing_script():
   rows = manifest()
   missing = {}
   for module in sorted((ROOT / "tests").glob("test_*.py")):
-    if module.name in NOT_YET_ANNOTATED or module.name == pathlib.Path(__file__).name:
+    if module.name == pathlib.Path(__file__).name:
       continue
     text = module.read_text()
     for patterns, script in rows:

@@ -4,6 +4,8 @@ Errors are max |x - exact| against the exact probability-flow ODE solution, in f
 Gaussian data N(0.3, 0.5^2), DOP853 (`gaussian_mixture_ode_solution`) for the mixture of samplers_gmm.npz.
 Both run as one 9-coordinate batch (a Gaussian is a mixture of two equal components), so each
 configuration is one `sample` call, all through one compiled program.
+
+Reference data: samplers_gmm.npz, written by tools/make_sampler_reference.py.
 """
 
 import warnings

@@ -3,6 +3,9 @@ eta > 0, thresholding, and the denoiser wrapper `make_noise_fn` (CFG, channel su
 
 Numbers are checked against the official results in samplers_gmm.npz, against closed-form identities
 between the methods, or against small NumPy re-implementations.
+
+Reference data: samplers_gmm.npz, written by tools/make_sampler_reference.py from the official UniPC and
+DPM-Solver code.
 """
 
 import functools
