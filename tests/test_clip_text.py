@@ -3,7 +3,8 @@
 Two references, both random weights in float32: tests/data/diffusers_tiny/pipeline/text_encoder
 (GELU, legacy eos_token_id 2: the pooled position is argmax(input_ids)) from
 tools/make_diffusers_reference.py, and tests/data/diffusers_sd1_tiny/text_encoder (quick-GELU,
-eos_token_id 999 = pad: the pooled position is the first EOS).
+eos_token_id 999 = pad: the pooled position is the first EOS), copied from the project's golden data by
+tools/copy_golden_reference.py.
 """
 
 import sys

@@ -4,8 +4,9 @@ tests/data/diffusers_tiny/ comes from tools/make_diffusers_reference.py (random 
 an SD 1.x-layout UNet2DConditionModel (pipeline/unet), an SD 2.x-layout one (unet_sd2, sharded),
 a UNet2DModel (unet2d), and diffusers' outputs, including the cross-attention probabilities and
 logits of two layers recorded by an attention processor, and the outputs with the keys / values
-of two context tokens substituted by another context's. tests/data/diffusers_sd1_tiny/ is the
-independently made reference of ../shared/golden (see its README).
+of two context tokens substituted by another context's. tests/data/diffusers_sd1_tiny/ is an
+independently made diffusers reference, copied verbatim from the project's golden data by
+tools/copy_golden_reference.py.
 """
 
 import jax
