@@ -2,6 +2,8 @@
 
 Model outputs are checked in test_unet.py and test_clip_text.py; here the VAE (stored as an fp16
 variant whose weights the reference also used) and everything about reading folders.
+
+Reference folder: tests/data/diffusers_tiny, written by tools/make_diffusers_reference.py.
 """
 
 import json

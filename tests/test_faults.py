@@ -2,6 +2,8 @@
 
 Every user error must come back as one short message that names the problem and the fix (no traceback),
 and no fault may lose a good checkpoint or make a reader (sample.py) change the run.
+
+The pipeline-folder faults use tests/data/diffusers_tiny (tools/make_diffusers_reference.py).
 """
 
 import pathlib
