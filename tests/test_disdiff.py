@@ -65,3 +65,31 @@ def test_bad_loss_configuration():
     losses.disdiff_loss(None, None, None, None, None, None, None, None, None, weight_type="X")
   with pytest.raises(ValueError, match="beta_start"):
     losses.LDMSchedule.linear(1000, 0.02, 0.01)
+
+
+def test_zero_decoder_output_gives_finite_gradients():
+  """At initialisation G = 0, so the two encodings coincide: the norm's gradient must be 0, not NaN."""
+  z = jnp.ones((2, 3, 4))
+  g = jax.grad(lambda a: jnp.sum(losses.disentangling_terms(z, a, jnp.zeros_like(z), jnp.array([0, 2]))["ce_deta"]))(z)
+  assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_swap_factor_and_ddim_timesteps():
+  from jdpm.disentangle import manipulate
+  src = jnp.arange(12.0).reshape(2, 6)  # 3 factors x 2 dims
+  tgt = -jnp.arange(12.0).reshape(2, 6)
+  swapped = np.asarray(manipulate.swap_factor(src, tgt, 1, 3))
+  np.testing.assert_array_equal(swapped[:, 2:4], np.asarray(tgt)[:, 2:4])
+  np.testing.assert_array_equal(np.delete(swapped, [2, 3], axis=1), np.delete(np.asarray(src), [2, 3], axis=1))
+  np.testing.assert_array_equal(manipulate.ddim_timesteps(1000, 4), [1, 251, 501, 751])  # the official "uniform"
+  with pytest.raises(ValueError, match="DDIM steps"):
+    manipulate.ddim_timesteps(1000, 0)
+
+
+def test_factor_vae_permutation_keeps_each_dimension_marginal():
+  from jdpm.disentangle import baselines
+  z = jnp.arange(40.0).reshape(8, 5)
+  perm = np.asarray(baselines._permute_dims(z, jax.random.PRNGKey(0)))
+  for j in range(5):
+    assert sorted(perm[:, j]) == sorted(np.asarray(z)[:, j])
+  assert not np.array_equal(perm, np.asarray(z))

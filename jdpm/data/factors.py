@@ -96,7 +96,7 @@ class FactorSource:
   def render_indices(self, indices):
     return self.render(self.factors_of(np.asarray(indices).reshape(-1)))
 
-  def all_images(self, batch_size=512):
+  def all_images(self, batch_size=64):
     """Every image (num_images, H, W, C) float32, in index order (only sensible for downscaled variants)."""
     return np.concatenate([self.render_indices(np.arange(i, min(i + batch_size, self.num_images)))
                            for i in range(0, self.num_images, batch_size)])
@@ -269,9 +269,13 @@ class Shapes3D(FactorSource):
 SOURCES = {"dsprites": DSprites, "shapes3d": Shapes3D}
 
 
-def make_source(name):
-  """`"dsprites"`, `"shapes3d"` (full size) or `"dsprites/tiny"`, `"shapes3d/tiny"` (downscaled)."""
+def make_source(name, image_size=None):
+  """`"dsprites"`, `"shapes3d"` (full size) or `"dsprites/tiny"`, `"shapes3d/tiny"` (downscaled grids);
+  `image_size` overrides the rendering size (64 full, 32 tiny)."""
   base, _, variant = name.partition("/")
   if base not in SOURCES or variant not in ("", "tiny"):
     raise ValueError(f"Unknown factor data set {name!r}; use dsprites, shapes3d, dsprites/tiny or shapes3d/tiny.")
-  return SOURCES[base].tiny() if variant == "tiny" else SOURCES[base]()
+  cls = SOURCES[base]
+  if variant == "tiny":
+    return cls.tiny(image_size or 32)
+  return cls(image_size=image_size or 64)

@@ -80,12 +80,20 @@ def cross_entropy(logits, labels):
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
+def safe_norm(x, axis=-1):
+  """L2 norm whose gradient at 0 is 0 (PyTorch's convention) instead of NaN. At initialisation the
+  decoder's output layer is zero, so pred_z_new == pred_z exactly and ||pred_z - pred_z_new|| = 0."""
+  sq = jnp.sum(x * x, axis=axis)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def disentangling_terms(pred_z, pred_z_new, cond, concept):
   """Logits and cross-entropies of the disentangling loss. pred_z, pred_z_new, cond: (B, N, f)."""
   cond = stop(cond)
-  norm_org = stop(jnp.linalg.norm(pred_z - cond, axis=-1))
-  logits = norm_org - jnp.linalg.norm(pred_z_new - cond, axis=-1)
-  logits_deta = jnp.linalg.norm(pred_z - pred_z_new, axis=-1)
+  norm_org = stop(safe_norm(pred_z - cond))
+  logits = norm_org - safe_norm(pred_z_new - cond)
+  logits_deta = safe_norm(pred_z - pred_z_new)
   return {"logits": logits, "logits_deta": logits_deta, "ce": cross_entropy(logits, concept),
           "ce_deta": cross_entropy(logits_deta, concept)}
 
