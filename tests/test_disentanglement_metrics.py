@@ -145,19 +145,21 @@ def test_nan_representation_is_one_clear_error():
                            num_train=5, num_eval=5, num_variance_estimate=10)
 
 
-def test_factor_count_mismatch_is_one_clear_error():
-  rs = np.random.RandomState(0)
-  with pytest.raises(ValueError, match="samples"):
-    dis.mig(rs.randn(50, 3), rs.randint(3, size=(40, 2)))
-  with pytest.raises(ValueError, match="factors"):
-    dis.dci(rs.randn(50, 3), rs.randint(3, size=(50, 2)), rs.randn(20, 3), rs.randint(3, size=(20, 3)))
+_RS = np.random.RandomState(0)
+_BAD_CALLS = {
+    "sample count mismatch": (lambda: dis.mig(_RS.randn(50, 3), _RS.randint(3, size=(40, 2))), "samples"),
+    "factor count mismatch": (lambda: dis.dci(_RS.randn(50, 3), _RS.randint(3, size=(50, 2)), _RS.randn(20, 3),
+                                              _RS.randint(3, size=(20, 3))), "factors"),
+    "too few for MIG": (lambda: dis.mig(_RS.randn(1, 3), _RS.randint(3, size=(1, 2))), "at least 2"),
+    "too few for DCI": (lambda: dis.dci(_RS.randn(1, 3), _RS.randint(3, size=(1, 2)), _RS.randn(1, 3),
+                                        _RS.randint(3, size=(1, 2))), "at least 2"),
+    "FactorVAE batch of one": (lambda: dis.compute_factor_vae(dis.IdentityObservations(), lambda x: x,
+                                                              np.random.RandomState(0), batch_size=1), "batch_size"),
+}
 
 
-def test_too_few_samples_is_one_clear_error():
-  rs = np.random.RandomState(0)
-  with pytest.raises(ValueError, match="at least 2"):
-    dis.mig(rs.randn(1, 3), rs.randint(3, size=(1, 2)))
-  with pytest.raises(ValueError, match="at least 2"):
-    dis.dci(rs.randn(1, 3), rs.randint(3, size=(1, 2)), rs.randn(1, 3), rs.randint(3, size=(1, 2)))
-  with pytest.raises(ValueError, match="batch_size"):
-    dis.compute_factor_vae(dis.IdentityObservations(), lambda x: x, np.random.RandomState(0), batch_size=1)
+@pytest.mark.parametrize("case", sorted(_BAD_CALLS))
+def test_mismatch_and_too_few_samples_are_one_clear_error(case):
+  call, match = _BAD_CALLS[case]
+  with pytest.raises(ValueError, match=match):
+    call()

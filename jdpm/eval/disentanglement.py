@@ -132,13 +132,17 @@ def disentanglement_per_code(importance):
   return 1.0 - scipy.stats.entropy(importance.T + 1e-11, base=importance.shape[1])
 
 
-def disentanglement(importance):
-  """D of DCI: per-code disentanglement weighted by each code's share of the total importance."""
-  per_code = disentanglement_per_code(importance)
+def _weighted(per_item, importance, axis):
+  """Per-code (axis=1) or per-factor (axis=0) scores weighted by their share of the total importance (all
+  equal when the importance is all zero)."""
   if importance.sum() == 0.0:
     importance = np.ones_like(importance)
-  code_weight = importance.sum(axis=1) / importance.sum()
-  return float(np.sum(per_code * code_weight))
+  return float(np.sum(per_item * importance.sum(axis=axis) / importance.sum()))
+
+
+def disentanglement(importance):
+  """D of DCI: per-code disentanglement weighted by each code's share of the total importance."""
+  return _weighted(disentanglement_per_code(importance), importance, axis=1)
 
 
 def completeness_per_factor(importance):
@@ -148,11 +152,7 @@ def completeness_per_factor(importance):
 
 def completeness(importance):
   """C of DCI: per-factor completeness weighted by each factor's share of the total importance."""
-  per_factor = completeness_per_factor(importance)
-  if importance.sum() == 0.0:
-    importance = np.ones_like(importance)
-  factor_weight = importance.sum(axis=0) / importance.sum()
-  return float(np.sum(per_factor * factor_weight))
+  return _weighted(completeness_per_factor(importance), importance, axis=0)
 
 
 def _dci_internal(mus_train, ys_train, mus_test, ys_test, **gbt_kwargs):
