@@ -2,15 +2,18 @@
 captured probabilities sum to 1 over tokens and equal a hand computation from each layer's inputs; the
 [EOS] swap leaves every other token's state bit-identical; the mask metrics on hand-made masks."""
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import t2i
+from jdpm import pipelines
 from jdpm.analysis import attention, eos
 from jdpm.models import unet as unet_lib
-from jdpm.t2i import models
+from jdpm.t2i import bundle, models
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +22,13 @@ def tiny():
   unet, text, tok = models.denoiser(config), models.text_encoder(config), models.tokenizer(config)
   ids = tok.encode(["a big red square", "a blue ring left of a green circle"])
   text_vars = jax.jit(text.init)(jax.random.key(1), ids)
-  context = text.apply(text_vars, ids)["last_hidden_state"]
-  x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+  context = jax.jit(text.apply)(text_vars, ids)["last_hidden_state"]
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 16, 16, 3)), jnp.float32)
   # Random variables of the right shapes without compiling the UNet's init (the forward pass).
   shapes = jax.eval_shape(unet.init, jax.random.key(3), x, jnp.zeros((2,)), context)
   leaves, treedef = jax.tree.flatten(shapes)
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  unet_vars = treedef.unflatten([0.2 * jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+  rng = np.random.default_rng(3)
+  unet_vars = treedef.unflatten([jnp.asarray(0.2 * rng.standard_normal(l.shape), l.dtype) for l in leaves])
   return dict(config=config, unet=unet, text=text, tok=tok, ids=ids, text_vars=text_vars, context=context,
               x=x, unet_vars=unet_vars)
 
@@ -34,8 +37,9 @@ def test_capture_sums_to_one_and_matches_hand_computation(tiny):
   unet, variables, context = tiny["unet"], tiny["unet_vars"], tiny["context"]
   t = jnp.array([500.0, 20.0])
   # The input of every cross-attention layer is its block's norm2 output.
-  _, state = unet.apply(variables, tiny["x"], t, context, capture_cross_attention=True,
-                        mutable=["intermediates"], capture_intermediates=lambda m, _: m.name == "norm2")
+  _, state = jax.jit(lambda v, x, t, c: unet.apply(
+      v, x, t, c, capture_cross_attention=True, mutable=["intermediates"],
+      capture_intermediates=lambda m, _: m.name == "norm2"))(variables, tiny["x"], t, context)
   maps = unet_lib.cross_attention_maps(state)
   assert len(maps) == 4  # 8x8: one in the down block, one in the mid block, two in the up block
   params = variables["params"]
@@ -75,7 +79,8 @@ def _flax_path(name):
 
 
 def test_eos_swap_keeps_every_other_token_bit_identical(tiny):
-  tok, text, text_vars = tiny["tok"], tiny["text"], tiny["text_vars"]
+  tok, text_vars = tiny["tok"], tiny["text_vars"]
+  text = argparse.Namespace(apply=jax.jit(tiny["text"].apply))
   ids_a, ids_b = tok.encode(["a big red square", "a small blue ring"]), tok.encode(["a big green circle"] * 2)
   ctx_a = text.apply(text_vars, ids_a)["last_hidden_state"]
   ctx_b = text.apply(text_vars, ids_b)["last_hidden_state"]
@@ -125,3 +130,21 @@ def test_mask_metrics():
   maps[0, 0, :2, :3, 0] = 1.0  # early map: the wider region
   maps[1, 0, :2, :2, 0] = 1.0  # final map: exactly the shape
   np.testing.assert_allclose(attention.relative_f1(maps, a)[:, 0, 0], [0.8, 1.0])
+
+
+def test_builtin_pipeline_samples_with_trajectory_and_maps(tiny):
+  """The pixel-space pipeline of the built-in model: word prompts, condition dropping, trajectories, and
+  the per-step token maps of the attention analysis."""
+  pipe = bundle.assemble(tiny["config"], tiny["unet_vars"], tiny["text_vars"])
+  prompts = ["a big red square", "a blue ring above a green circle"]
+  out = pipelines.text_to_image(pipe, prompts, steps=3, method="ddim", order=1, guidance_scale=3.0,
+                                drop_text_last=1, return_trajectory=True)
+  assert out["images"].shape == (2, 16, 16, 3) and out["network_calls"] == 5
+  assert out["trajectory"].shape == (4, 2, 16, 16, 3) and out["x0_pred"].shape == (3, 2, 16, 16, 3)
+  maps = attention.maps_over_steps(pipe, np.asarray(out["trajectory"]), out["timesteps"], pipe.encode(pipe.tokenize(prompts)))
+  assert maps.shape == (3, 2, 16, 16, 16)
+  np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+  with pytest.raises(ValueError, match="empty"):
+    pipelines.text_to_image(pipe, [""], steps=2)
+  with pytest.raises(ValueError, match="at most 14"):
+    pipelines.text_to_image(pipe, ["a red ring left of a blue square " * 2], steps=2)

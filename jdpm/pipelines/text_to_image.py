@@ -246,7 +246,7 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, context=None, null_
   sharding = _batch_sharding(batch)
   if sharding is not None:
     latents, context = jax.device_put((latents, context), sharding)
-  plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k != "rng"}
+  plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k not in ("rng", "return_trajectory")}
   nfe = int(samplers.make_plan(pipe.schedule, method=method, steps=steps, order=order, **plan_kwargs).nfe)
   noise_fn = make_text_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule, context,
                                 null, nfe, model_type=pipe.model_type, guidance_scale=guidance_scale,
