@@ -2,6 +2,7 @@
 
     python -m bench.dpir                       # about 15 minutes on 2 CPU cores
     python -m bench.dpir --budget=0.3 --no_record   # a quick look
+    python -m bench.dpir --lpips_backbone=alexnet.pth --lpips_heads=lpips/weights/v0.1/alex.pth
 
 Protocol (the paper's, scaled down): one task-agnostic denoiser phi_D (a small UNet) trained on all
 noise levels; per task a restorer phi_IR trained alone, then the fusion phi_F trained with both
@@ -39,10 +40,15 @@ def classical_baseline(task, params):
   return "burst mean (phase-corr. aligned)", lambda y: classical.burst_mean(y, task.scale)
 
 
+LPIPS = {}  # {"params": ..., "net": ...} when --lpips_backbone and --lpips_heads are given
+
+
 def metrics(est, truth):
+  """(PSNR, SSIM, MS-SSIM, LPIPS or None) averaged over the test images."""
   est = jnp.clip(est, 0.0, 1.0)
+  lp = (float(jnp.mean(image_quality.lpips(est, truth, LPIPS["params"], net=LPIPS["net"]))) if LPIPS else None)
   return (float(jnp.mean(image_quality.psnr(est, truth))), float(jnp.mean(image_quality.ssim(est, truth))),
-          float(jnp.mean(image_quality.ms_ssim(est, truth))))
+          float(jnp.mean(image_quality.ms_ssim(est, truth))), lp)
 
 
 def timed(fn):
@@ -53,8 +59,9 @@ def timed(fn):
 
 
 def table_row(name, values, nfe, trained, seconds):
-  psnr, ssim, msssim = values
-  return (f"| {name} | {psnr:.2f} | {ssim:.4f} | {msssim:.4f} | n/a | {nfe} | {trained} | {seconds:.1f} |")
+  psnr, ssim, msssim, lp = values
+  lp = "n/a" if lp is None else f"{lp:.4f}"
+  return f"| {name} | {psnr:.2f} | {ssim:.4f} | {msssim:.4f} | {lp} | {nfe} | {trained} | {seconds:.1f} |"
 
 
 HEADER = ("| method | PSNR | SSIM | MS-SSIM | LPIPS | NFE | trained params | wall s |\n"
@@ -78,7 +85,13 @@ def main():
   parser.add_argument("--budget", type=float, default=1.0, help="multiplies every module's training budget")
   parser.add_argument("--test_images", type=int, default=16)
   parser.add_argument("--no_record", action="store_true")
+  parser.add_argument("--lpips_backbone", default="", help="torchvision AlexNet/VGG16 weights (.pth), for LPIPS")
+  parser.add_argument("--lpips_heads", default="", help="the lpips package's weights/v0.1/<net>.pth")
+  parser.add_argument("--lpips_net", default="alex", choices=("alex", "vgg"))
   args = parser.parse_args()
+  if args.lpips_backbone and args.lpips_heads:
+    LPIPS.update(net=args.lpips_net, params=image_quality.lpips_params_from_torch(
+        args.lpips_backbone, args.lpips_heads, args.lpips_net))
   root = pathlib.Path(args.workdir)
   shutil.rmtree(root, ignore_errors=True)  # the bench trains every module afresh
   root_b = root / "denoiser_b_root"
@@ -145,20 +158,21 @@ def main():
       x0 = x0_ir if r_name == "A" else base_fn(y)
       (out, nfe), _ = timed(lambda: m.restore(p, y, rng, tau=24, x0_ir=x0, scan=False))
       psnr_r = metrics(x0, truth)[0]
-      psnr, ssim, _ = metrics(out, truth)
+      psnr, ssim, *_ = metrics(out, truth)
       swap_rows.append(f"| {task_name} | {r_name} | {d_name} | {psnr_r:.2f} | {psnr:.2f} | {ssim:.4f} | "
                        f"{psnr - psnr_r:+.2f} |")
     print(swap_rows[-4:], flush=True)
 
   total = time.time() - started
+  lpips_note = (f"LPIPS-{LPIPS['net']} with the supplied weights" if LPIPS
+                else "n/a (jdpm ships no backbone weights and none were supplied)")
   body = [f"CPU budget: every module trained for a fixed wall-clock time on the shared 2-core CPU "
           f"(denoiser {budget['denoiser']:.0f} s, denoiser B {budget['denoiser_b']:.0f} s, each restorer "
           f"{budget['restorer']:.0f} s, each fusion {budget['fusion']:.0f} s, batch 16, 32 x 32 patches); the "
           f"whole run took {total / 60:.1f} min. Schedule: 100-step linear VP betas. Test: {truth.shape[0]} "
           f"patches of held-out built-in images (skimage chelsea/retina/gravel, sklearn flower, textures "
-          f"100-103), one degradation draw (seed 7), one reverse-noise seed. LPIPS: n/a (jdpm ships no "
-          f"backbone weights and none were supplied). Wall s: sampling the whole test batch (first call "
-          f"includes compilation).", "",
+          f"100-103), one degradation draw (seed 7), one reverse-noise seed. LPIPS: {lpips_note}. "
+          f"Wall s: sampling the whole test batch (first call includes compilation).", "",
           "Training (steps, seconds, trained parameters):", ""]
   body += [f"- {k}: {s} steps, {t:.0f} s, {p:,} parameters" for k, (s, t, p) in trained.items()]
   for task_name, base_name, rows, full, jump, n in sections:

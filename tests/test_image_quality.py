@@ -2,7 +2,9 @@
 the `lpips` package with random backbones (tests/data/lpips_reference.npz, written by
 tools/make_lpips_reference.py)."""
 
+import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 import jdpm
 from jdpm.data import clean_images
 from jdpm.eval import image_quality
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _pair(seed, shape=(40, 48, 3), noise=0.08):
@@ -69,26 +73,21 @@ def test_bad_inputs_give_one_clear_message():
 
 # -- LPIPS ------------------------------------------------------------------------------------------------
 
-LPIPS_CONVS = {"alex": [(0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3), (10, 256, 256, 3)],
-               "vgg": [(0, 3, 64, 3), (2, 64, 64, 3), (5, 64, 128, 3), (7, 128, 128, 3), (10, 128, 256, 3),
-                       (12, 256, 256, 3), (14, 256, 256, 3), (17, 256, 512, 3), (19, 512, 512, 3),
-                       (21, 512, 512, 3), (24, 512, 512, 3), (26, 512, 512, 3), (28, 512, 512, 3)]}
-
-
 def _random_backbone(net):
-  """The reference script's recipe: torchvision-layout weights from np.random.default_rng(0)."""
-  rng = np.random.default_rng(0)
-  out = {}
-  for index, c_in, c_out, k in LPIPS_CONVS[net]:
-    out[f"features.{index}.weight"] = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2.0 / (c_in * k * k))
-                                       ).astype(np.float32)
-    out[f"features.{index}.bias"] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
-  return out
+  """The reference script's NumPy recipe for the random backbone (the script imports torch only in main)."""
+  spec = importlib.util.spec_from_file_location("make_lpips_reference", ROOT / "tools" / "make_lpips_reference.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(ROOT / "tools"))  # for its `official_common` import
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(ROOT / "tools"))
+  return module.backbone(net)
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_equals_the_lpips_package(net):
-  ref = np.load(pathlib.Path(__file__).parent / "data" / "lpips_reference.npz")
+  ref = np.load(ROOT / "tests" / "data" / "lpips_reference.npz")
   heads = {f"lin{k}.model.1.weight": ref[f"{net}/lin{k}"] for k in range(5)}
   params = image_quality.lpips_params_from_torch(_random_backbone(net), heads, net)
   x0 = np.transpose(ref[f"{net}/x0"], (0, 2, 3, 1))  # NCHW in [-1, 1] -> NHWC in [0, 1]

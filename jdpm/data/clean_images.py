@@ -19,7 +19,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-TRAIN_SKIMAGE = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "brick", "grass")
+TRAIN_SKIMAGE = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "brick",
+                 "grass")
 TEST_SKIMAGE = ("chelsea", "retina", "gravel")
 TRAIN_SKLEARN = ("china.jpg",)
 TEST_SKLEARN = ("flower.jpg",)

@@ -24,6 +24,7 @@ def wiener(y, kernel, noise_sigma=0.01, signal_power=None):
   """
   y = jnp.asarray(y)
   b, h, w, _ = y.shape
+  degradations.check_concrete_kernels(kernel)
   kernel = jnp.broadcast_to(jnp.asarray(kernel, jnp.float32), (b,) + jnp.shape(kernel)[-2:])
   k = kernel.shape[-1]
   p = k

@@ -110,12 +110,23 @@ def check_kernel(kernel):
     raise ValueError(f"a blur kernel must sum to 1 (it sums to {total:.6g}); divide it by its sum.")
 
 
+def check_concrete_kernels(kernel):
+  """`check_kernel` on each of a (k, k) or (B, k, k) kernel array given by the user (traced values,
+  made inside a jitted function, are not checked)."""
+  if isinstance(kernel, jax.core.Tracer):
+    return
+  k = np.asarray(kernel)
+  for one in k.reshape((-1,) + k.shape[-2:]) if k.ndim >= 2 else [k]:
+    check_kernel(one)
+
+
 def blur(x, kernel):
   """2-D convolution of (H, W, C) / (B, H, W, C) images with a (k, k) kernel (or (B, k, k), one per
   image), border by symmetric reflection (scipy.ndimage's "reflect"), output the input's size."""
   single = x.ndim == 3
   if single:
     x = x[None]
+  check_concrete_kernels(kernel)
   kernel = jnp.asarray(kernel, x.dtype)
   if kernel.ndim == 2:
     kernel = jnp.broadcast_to(kernel, (x.shape[0],) + kernel.shape)

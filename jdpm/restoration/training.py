@@ -1,11 +1,12 @@
 """Training the three DP-IR modules: the denoiser (once), a restorer per task, the fusion per task.
 
-The command line is `jdpm.restoration.train`. One root workdir holds every module: ``denoiser/`` (task-agnostic) and ``<task>/restorer``,
-``<task>/fusion``. The loop reuses jdpm's training pieces: the objective protocol and update step
-(`jdpm.training.step.make_update_fn`), the optimizer (`make_optimizer`), the train state, the
-Orbax `Checkpointer` and the parameter freezing (`jdpm.training.freeze`): the fusion run holds the
-full tree ``{"denoiser", "restorer", "fusion"}``, ``frozen_patterns`` put the first two in the frozen
-half, so that only phi_F is differentiated and only phi_F's parameters are in the optimizer state.
+The command line is `jdpm.restoration.train`. One root workdir holds every module: ``denoiser/``
+(task-agnostic) and ``<task>/restorer``, ``<task>/fusion``. The loop reuses jdpm's training
+pieces: the objective protocol and update step (`jdpm.training.step.make_update_fn`), the optimizer
+(`make_optimizer`), the train state, the Orbax `Checkpointer` and the parameter freezing
+(`jdpm.training.freeze`): the fusion run holds the full tree ``{"denoiser", "restorer", "fusion"}``,
+``frozen_patterns`` put the first two in the frozen half, so that only phi_F is differentiated and
+only phi_F's parameters are in the optimizer state.
 (jdpm's `train.py` trainer expects a registered model and data set with one forward signature; the
 three-module bundle and on-the-fly degradations do not fit it, hence this short loop.)
 """
