@@ -80,9 +80,8 @@ def table(rows):
 
 
 def _plot(rows, out, title):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from jdpm.analysis import common  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   metrics = ["l1_to_a0", "wall_s"] + (["align_all"] if "align_all" in rows[0] else [])
   fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.3))
   for ax, metric in zip(axes, metrics):
@@ -91,10 +90,7 @@ def _plot(rows, out, title):
       ax.plot([r["a"] for r in sub], [r[metric] for r in sub], "o-", label=method)
     ax.set(xlabel="a (last steps without text guidance)", ylabel=metric)
     ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(out / "acceleration.png", dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, out / "acceleration.png", title)
 
 
 def main(argv=None):
@@ -106,9 +102,7 @@ def main(argv=None):
   p.add_argument("--keep", choices=("uncond", "cond"), default="uncond")
   p.add_argument("--repeats", type=int, default=2)
   args = p.parse_args(argv)
-  source = common.load_source(args)
-  if source.pipeline is None:
-    raise SystemExit("error: the acceleration sweep needs a model: --model DIR or --pipeline FOLDER.")
+  source = common.model_source(args, "the acceleration sweep")
   drops = args.drops or sorted({round(args.steps * f) for f in (0, 0.25, 0.5, 0.75, 1.0)})
   if drops[0] != 0:
     drops = [0] + drops

@@ -141,9 +141,8 @@ def group_mean(values, mask):
 
 
 def _plots(result, tokens, out, title):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from jdpm.analysis import common  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   groups = result["groups"]
   steps = np.arange(result["maps"].shape[0])
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -156,10 +155,7 @@ def _plots(result, tokens, out, title):
   axes[2].set(xlabel="model evaluation", ylabel="IoU with final", title="shape of x̂0 vs final image")
   for ax in axes[:2]:
     ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(out / "attention_stats.png", dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, out / "attention_stats.png", title)
   # Per-token maps of the first prompt at a few steps.
   maps = result["maps"][:, 0]
   rows = sorted(set(np.linspace(0, maps.shape[0] - 1, 4).astype(int)))
@@ -174,9 +170,7 @@ def _plots(result, tokens, out, title):
       axes[r, c + 1].set_title(tokens[c], fontsize=5)
   for ax in axes.flat:
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(out / "attention_maps.png", dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, out / "attention_maps.png", dpi=120)
 
 
 def main(argv=None):
@@ -184,9 +178,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description="Per-token cross-attention over the sampling steps.")
   common.add_source_arguments(p)
   args = p.parse_args(argv)
-  source = common.load_source(args)
-  if source.pipeline is None:
-    raise SystemExit("error: the attention analysis needs a model: --model DIR (built-in) or --pipeline FOLDER.")
+  source = common.model_source(args, "the attention analysis")
   out = common.out_dir(args.out)
   prompts = source.prompts(args.num_prompts, seed=args.seed)
   result = analyse(source, prompts, steps=args.steps, method=args.method, guidance_scale=args.cfg_scale,

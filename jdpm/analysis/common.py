@@ -116,11 +116,33 @@ def sample_with_trajectory(source, prompts, *, steps, method="dpm_solver++", gui
   return {k: (np.asarray(v) if hasattr(v, "shape") else v) for k, v in out.items()}
 
 
-def image_grid(images, titles, path, columns=8, title=None):
-  """Saves images (N, H, W, 3) in [-1, 1] as a grid PNG with small titles."""
+def model_source(args, what):
+  """`load_source`, refusing the data-only source: `what` needs a model."""
+  source = load_source(args)
+  if source.pipeline is None:
+    raise SystemExit(f"error: {what} needs a model: --model DIR (built-in) or --pipeline FOLDER.")
+  return source
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def save_figure(fig, path, title=None, dpi=110):
+  if title:
+    fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  pyplot().close(fig)
+
+
+def image_grid(images, titles, path, columns=8, title=None):
+  """Saves images (N, H, W, 3) in [-1, 1] as a grid PNG with small titles."""
+  plt = pyplot()
   images = np.clip((np.asarray(images) + 1) / 2, 0, 1)
   rows = int(np.ceil(len(images) / columns))
   fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
@@ -129,8 +151,4 @@ def image_grid(images, titles, path, columns=8, title=None):
   for ax, image, text in zip(axes.flat, images, titles):
     ax.imshow(image, interpolation="nearest")
     ax.set_title(text, fontsize=5)
-  if title:
-    fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path, title, dpi=120)

@@ -170,9 +170,7 @@ def main(argv=None):
   p.add_argument("--num_pairs", type=int, default=32)
   p.add_argument("--pairs", nargs="*", default=None, help="'prompt A|prompt B' pairs (default: drawn)")
   args = p.parse_args(argv)
-  source = common.load_source(args)
-  if source.pipeline is None:
-    raise SystemExit("error: the [EOS] experiments need a model: --model DIR or --pipeline FOLDER.")
+  source = common.model_source(args, "the [EOS] experiments")
   out = common.out_dir(args.out)
   if args.pairs:
     prompt_pairs = [tuple(s.split("|", 1)) for s in args.pairs]

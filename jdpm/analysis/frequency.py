@@ -107,9 +107,8 @@ def trajectory_statistics(states, cutoff):
 
 
 def _plot(stats, reverse, path, title):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from jdpm.analysis import common  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   panels = 3 if reverse is None else 4
   fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
   t = stats["t"]
@@ -132,10 +131,7 @@ def _plot(stats, reverse, path, title):
     axes[3].plot(steps, reverse["x0_high_norm"], "--", label="high part of x̂0")
     axes[3].set(xlabel="sampling step", ylabel="mean norm", title="reverse process")
     axes[3].legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, title)
 
 
 def main(argv=None):
