@@ -124,3 +124,25 @@ def test_pipeline_drop_text_counts_calls(pipe, data_dir):
     assert out["network_calls"] == 10 and out["nfe"] == 6
   with pytest.raises(ValueError, match="guidance_scale"):
     pipelines.text_to_image(pipe, input_ids=ids, steps=6, guidance_scale=None, drop_text_last=2)
+
+
+def test_sweep_and_frequency_on_a_diffusers_folder(pipe, data_dir, monkeypatch, tmp_path):
+  """The analysis commands' Stable Diffusion path: VAE latents for the frequency split, the acceleration
+  sweep on latents decoded by the VAE (prompts tokenised by the reference ids: no transformers needed)."""
+  import argparse
+  from jdpm.analysis import acceleration, common, frequency
+  with np.load(data_dir / "diffusers_tiny" / "reference.npz") as ref:
+    ids = ref["input_ids"]
+  monkeypatch.setattr(pipe, "tokenize", lambda prompts: ids[:len(prompts)])
+  source = common.Source("diffusers_tiny", "latents", pipe, None, common._alphas(pipe))
+  latents = source.clean_examples(2)
+  assert latents.shape == (2, 8, 8, 4)
+  stats = frequency.forward_statistics(latents, source.alphas_cumprod, 0.5, np.random.default_rng(0),
+                                       timesteps=[0, 999])
+  assert np.isfinite(stats["ratio"]).all()
+  rows, images = acceleration.sweep(source, source.prompts(2), methods=["ddim"], steps=3, drops=[0, 3], repeats=0)
+  assert [r["network_calls"] for r in rows] == [6, 3]
+  assert rows[0]["l1_to_a0"] == 0 and rows[1]["l1_to_a0"] > 0 and "align_all" not in rows[0]
+  assert images[("ddim", 3)].shape == (2, 16, 16, 3)
+  with pytest.raises(SystemExit, match="not a diffusers pipeline folder"):
+    common.load_source(argparse.Namespace(model=None, pipeline=str(tmp_path)))

@@ -56,7 +56,7 @@ def sweep(source, prompts, *, methods, steps, drops, keep="uncond", guidance_sca
         start = time.perf_counter()
         x, calls = generate(source, prompts, method=method, steps=steps, drop=drop, keep=keep,
                             guidance_scale=guidance_scale, seed=seed)
-        if r:
+        if r or not repeats:  # with no repeats, the compiling call's time
           times.append(time.perf_counter() - start)
       base = x if drop == 0 else base
       images[(method, drop)] = x
