@@ -237,7 +237,7 @@ class Shapes3D(FactorSource):
 
   def _render(self, values):
     floor_hue, wall_hue, object_hue, scale, shape, azimuth = values
-    b, s = len(floor_hue), self.image_size * self._supersample
+    b = len(floor_hue)
     eye, d = self._rays(azimuth)
     o = np.broadcast_to(eye[:, None, :], d.shape)
     far = 1e3
