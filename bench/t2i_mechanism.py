@@ -54,8 +54,9 @@ def main():
   p.add_argument("--figures", default="t2i_figures")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--cfg_scale", type=float, default=4.0)
-  p.add_argument("--num_prompts", type=int, default=64)
-  p.add_argument("--num_pairs", type=int, default=32)
+  p.add_argument("--num_prompts", type=int, default=32)
+  p.add_argument("--num_pairs", type=int, default=24)
+  p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (after a compiling one)")
   p.add_argument("--methods", nargs="+", default=["ddim", "dpm_solver++", "unipc"])
   args = p.parse_args()
   args.figures = pathlib.Path(args.figures)
@@ -78,15 +79,15 @@ def main():
   prompts = source.prompts(args.num_prompts, seed=0)
   t0 = time.time()
   rows, images = acceleration.sweep(source, prompts, methods=args.methods, steps=args.steps, drops=drops,
-                                    guidance_scale=args.cfg_scale, repeats=2)
+                                    guidance_scale=args.cfg_scale, repeats=args.repeats)
   acceleration._plot(rows, args.figures, f"{source.name}: acceleration sweep")
   show = 8
   common.image_grid(np.concatenate([images[(args.methods[0], a)][:show] for a in drops]),
                     [f"a={a}: {prompts[i]}" for a in drops for i in range(show)],
                     args.figures / "acceleration_samples.png", columns=show)
   parts.append(f"Acceleration ({len(prompts)} prompts, {args.steps} steps, CFG {args.cfg_scale}; for the last a "
-               f"steps the unconditional prediction alone; wall time = whole generation, median of 2 runs after a "
-               f"compiling one; {time.time() - t0:.0f} s for this table):\n\n" + acceleration.table(rows))
+               f"steps the unconditional prediction alone; wall time = whole generation, median of {args.repeats} runs "
+               f"after a compiling one; {time.time() - t0:.0f} s for this table):\n\n" + acceleration.table(rows))
 
   t0 = time.time()
   if source.builtin:

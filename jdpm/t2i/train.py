@@ -26,7 +26,7 @@ import optax
 from tqdm import tqdm
 
 from jdpm.data import captioned_shapes
-from jdpm.diffusion import betas as betas_lib, conditioning
+from jdpm.diffusion import betas as betas_lib, conditioning, losses
 from jdpm.t2i import models
 from jdpm.training import checkpoint, optimizers
 
@@ -108,11 +108,18 @@ def train_proxy(config, images, labels, rng):
   return {"params": params}, loss
 
 
-def train_denoiser(config, contexts, null_context, images, rng):
-  """Noise-prediction training of the UNet on frozen text contexts (B, L, D); returns EMA variables."""
+def train_denoiser(config, contexts, null_context, images, rng, init_params=None):
+  """Noise-prediction training of the UNet on frozen text contexts (B, L, D); returns EMA variables.
+
+  With config.denoiser.min_snr_gamma > 0 the per-example losses get Min-SNR weights min(SNR, γ) / SNR
+  (`jdpm.diffusion.losses.min_snr_weight`), which favour the high-noise steps that decide the content.
+  init_params: continue from these parameters instead of a fresh initialisation."""
   model, d = models.denoiser(config), config.denoiser
   alphas_cumprod = jnp.asarray(np.cumprod(1.0 - betas_lib.linear_betas(d.num_timesteps)), jnp.float32)
-  params = model.init(rng, images[:2], jnp.zeros((2,)), contexts[:2])["params"]
+  params = init_params
+  if params is None:
+    params = model.init(rng, images[:2], jnp.zeros((2,)), contexts[:2])["params"]
+  gamma = float(d.get("min_snr_gamma", 0.0))
   tx = _optimizer(d.lr, d.steps, d.warmup_steps)
   images, contexts = jnp.asarray(images), jnp.asarray(contexts)
 
@@ -124,7 +131,10 @@ def train_denoiser(config, contexts, null_context, images, rng):
     abar = alphas_cumprod[t][:, None, None, None]
     x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
     context = conditioning.drop(context, null_context, jax.random.uniform(k_d, (x0.shape[0],)) < d.cond_drop)
-    return jnp.mean((model.apply({"params": p}, x_t, t, context) - noise) ** 2)
+    per_example = jnp.mean((model.apply({"params": p}, x_t, t, context) - noise) ** 2, axis=(1, 2, 3))
+    if gamma > 0:
+      per_example = per_example * losses.min_snr_weight(abar[:, 0, 0, 0] / (1 - abar[:, 0, 0, 0]), gamma)
+    return jnp.mean(per_example)
 
   @jax.jit
   def step(state, opt_state, key, idx):
@@ -163,8 +173,9 @@ def _stage(path, run):
   return variables, loss
 
 
-def train(config, workdir):
-  """All three stages; saves the checkpoint and a summary.json in workdir and returns the summary."""
+def train(config, workdir, init_unet=None):
+  """All three stages; saves the checkpoint and a summary.json in workdir and returns the summary.
+  init_unet: denoiser parameters to continue from (e.g. a previous run's)."""
   workdir = pathlib.Path(workdir)
   rng = jax.random.key(config.seed)
   tok = models.tokenizer(config)
@@ -189,7 +200,8 @@ def train(config, workdir):
   contexts = np.concatenate([np.asarray(encode(text_vars, ids[i:i + 1000])) for i in range(0, len(ids), 1000)])
   null_context = np.asarray(encode(text_vars, tok.empty_ids()))[0]
   unet_vars, summary["denoiser_loss"] = train_denoiser(config, contexts, null_context, images,
-                                                       jax.random.fold_in(rng, 3))
+                                                       jax.random.fold_in(rng, 3 + (init_unet is not None)),
+                                                       init_params=init_unet)
   timings["denoiser_s"] = time.time() - start
   summary["timings"] = timings
   with checkpoint.Checkpointer(workdir / "checkpoints", async_save=False) as ckpt:
@@ -206,11 +218,27 @@ def main(argv=None):
   p.add_argument("--config", default="tiny", help="configs/t2i.py variant: tiny (or test)")
   p.add_argument("--workdir", required=True)
   p.add_argument("--denoiser_steps", type=int, default=None, help="override config.denoiser.steps")
+  p.add_argument("--min_snr_gamma", type=float, default=None, help="override config.denoiser.min_snr_gamma")
+  p.add_argument("--lr", type=float, default=None, help="override config.denoiser.lr")
+  p.add_argument("--ema_decay", type=float, default=None, help="override config.denoiser.ema_decay")
+  p.add_argument("--continue_from", default=None,
+                 help="a finished workdir: continue its denoiser (its text encoder and proxy are reused)")
   args = p.parse_args(argv)
   config = t2i.get_config(args.config)
-  if args.denoiser_steps:
-    config.denoiser.steps = args.denoiser_steps
-  print(json.dumps(train(config, args.workdir), indent=1))
+  for name in ("denoiser_steps", "min_snr_gamma", "lr", "ema_decay"):
+    if getattr(args, name) is not None:
+      config.denoiser[name.replace("denoiser_", "")] = getattr(args, name)
+  init_unet = None
+  if args.continue_from:
+    source = pathlib.Path(args.continue_from)
+    workdir = pathlib.Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stage in ("text_encoder.msgpack", "proxy.msgpack"):
+      (workdir / stage).write_bytes((source / stage).read_bytes())
+    with checkpoint.Checkpointer(source / "checkpoints") as ckpt:
+      init_unet = ckpt.read()[0]["unet"]["params"]
+    config.denoiser.warmup_steps = 0
+  print(json.dumps(train(config, args.workdir, init_unet), indent=1))
 
 
 if __name__ == "__main__":
