@@ -1,6 +1,6 @@
 """The built-in text-to-image data: captioned scenes whose canonical labels agree with what is drawn, the
 word tokenizer with CLIP's layout and its error messages, and bad pipeline folders (one clear message; a copy of
-tests/data/diffusers_tiny, made by tools/make_diffusers_reference.py).
+tests/data/diffusers_tiny, made by tools/make_diffusers_reference.py)."""
 
 import json
 import shutil
