@@ -5,7 +5,13 @@ layout (16 positions), a 2-layer causal CLIP-style text encoder pre-trained cont
 image tower and then frozen, a pixel-space cross-attention UNet (UNet2DConditionModel, two levels, cross-
 attention at 8x8 and in the mid block; 1.0M parameters) trained with 10% condition dropout, and the proxy classifier
 of shape / colour / layout / size. ``python -m jdpm.t2i.train --config tiny --workdir DIR`` trains all three
-(about 25 minutes on 2 shared CPU cores).
+(about 45 minutes on 2 shared CPU cores). The model measured in BENCHMARKS.md was then trained 700 more steps
+with Min-SNR weighting, which the plain run needed to denoise from high noise (samples from the first stage
+alone stayed noisy):
+
+  python -m jdpm.t2i.train --config tiny --workdir runs/t2i_a
+  python -m jdpm.t2i.train --config tiny --workdir runs/t2i --continue_from runs/t2i_a \
+      --denoiser_steps 700 --min_snr_gamma 5 --lr 5e-4 --ema_decay 0.995
 """
 
 import ml_collections
