@@ -137,8 +137,16 @@ def test_builtin_pipeline_samples_with_trajectory_and_maps(tiny):
   the per-step token maps of the attention analysis."""
   pipe = bundle.assemble(tiny["config"], tiny["unet_vars"], tiny["text_vars"])
   prompts = ["a big red square", "a blue ring above a green circle"]
+  rows = []
+
+  def counting_apply(variables, x, t, context):
+    jax.debug.callback(lambda n: rows.append(int(n)), x.shape[0])
+    return pipe.unet.apply(variables, x, t, context)
+
   out = pipelines.text_to_image(pipe, prompts, steps=3, method="ddim", order=1, guidance_scale=3.0,
-                                drop_text_last=1, return_trajectory=True)
+                                drop_text_last=1, return_trajectory=True, apply_fn=counting_apply)
+  jax.block_until_ready(out["images"])
+  assert rows == [4, 4, 2]  # two guided (doubled-batch) calls, then one unconditional call
   assert out["images"].shape == (2, 16, 16, 3) and out["network_calls"] == 5
   assert out["trajectory"].shape == (4, 2, 16, 16, 3) and out["x0_pred"].shape == (3, 2, 16, 16, 3)
   maps = attention.maps_over_steps(pipe, np.asarray(out["trajectory"]), out["timesteps"], pipe.encode(pipe.tokenize(prompts)))

