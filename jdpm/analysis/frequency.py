@@ -127,8 +127,10 @@ def _plot(stats, reverse, path, title):
     steps = np.arange(len(reverse["low_norm"]))
     axes[3].plot(steps, reverse["low_norm"], label="low part of x_t")
     axes[3].plot(steps, reverse["high_norm"], label="high part of x_t")
-    axes[3].plot(steps, reverse["x0_low_norm"], "--", label="low part of x̂0")
-    axes[3].plot(steps, reverse["x0_high_norm"], "--", label="high part of x̂0")
+    # x̂0 is predicted at each evaluation, i.e. from the state before each step.
+    evals = np.arange(len(reverse["x0_low_norm"]))
+    axes[3].plot(evals, reverse["x0_low_norm"], "--", label="low part of x̂0")
+    axes[3].plot(evals, reverse["x0_high_norm"], "--", label="high part of x̂0")
     axes[3].set(xlabel="sampling step", ylabel="mean norm", title="reverse process")
     axes[3].legend(fontsize=7)
   common.save_figure(fig, path, title)
