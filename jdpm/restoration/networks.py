@@ -89,7 +89,8 @@ class ResidualRestorer(nn.Module):
   """phi_IR for SR and deblurring: y (B, h, w, 3) -> x0_IR (B, h * scale, w * scale, 3).
 
   The input is first brought to the output size by bicubic up-sampling (scale > 1); the network
-  predicts the residual to it.
+  predicts the residual to it, from a zero-initialised last layer (it starts as the classical
+  estimate: bicubic for SR, the blurred input for deblurring).
   """
   features: int = 48
   blocks: int = 4
@@ -102,7 +103,8 @@ class ResidualRestorer(nn.Module):
     h = nn.Conv(self.features, (3, 3), name="head")(base)
     for i in range(self.blocks):
       h = ResBlock(self.features, name=f"block{i}")(h)
-    return base + nn.Conv(3, (3, 3), name="tail")(h)
+    # Zero-initialised residual: training starts from the classical estimate (bicubic, or y itself).
+    return base + nn.Conv(3, (3, 3), name="tail", kernel_init=nn.initializers.zeros)(h)
 
 
 class BurstRestorer(nn.Module):
