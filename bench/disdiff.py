@@ -87,7 +87,7 @@ def main():
   parser.add_argument("--dci_train", type=int, default=1000)
   parser.add_argument("--dci_test", type=int, default=500)
   parser.add_argument("--ddim_steps", type=int, default=10)
-  parser.add_argument("--workdir", default="/tmp/disdiff_bench")
+  parser.add_argument("--workdir", default="runs/disdiff_bench")
   parser.add_argument("--no_record", action="store_true")
   args = parser.parse_args()
   log_start = time.time()

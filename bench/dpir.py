@@ -81,7 +81,7 @@ def configure(task, stage, budget, **extra):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="/tmp/jdpm_dpir_bench")
+  parser.add_argument("--workdir", default="runs/dpir_bench")
   parser.add_argument("--budget", type=float, default=1.0, help="multiplies every module's training budget")
   parser.add_argument("--test_images", type=int, default=16)
   parser.add_argument("--no_record", action="store_true")

@@ -1,7 +1,7 @@
 """DisDiff end to end on built-in ground-truth-factor data: pre-train the DPM, train DisDiff on top of it,
 score the representation, and write manipulation grids.
 
-  python -m jdpm.disentangle.train --config=configs/disdiff.py:shapes3d_tiny --workdir=/tmp/disdiff
+  python -m jdpm.disentangle.train --config=configs/disdiff.py:shapes3d_tiny --workdir=runs/disdiff
 
 writes `<workdir>/manipulation_factor<c>.png` (one grid per learned factor), `<workdir>/metrics.json` and
 `<workdir>/dpm.msgpack` / `disdiff.msgpack` (parameters). A pre-trained DPM already in the workdir is reused.
