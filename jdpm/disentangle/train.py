@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import pathlib
+import sys
 import time
 
 import flax.serialization
@@ -242,7 +243,10 @@ def run(config, workdir, progress=True):
 def main(argv):
   del argv
   from absl import flags
-  result = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    result = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (FileNotFoundError, ValueError) as e:  # a bad config or path: one line, no traceback
+    sys.exit(f"jdpm.disentangle.train: {e}")
   print(json.dumps(result, indent=1))
 
 

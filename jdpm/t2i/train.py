@@ -15,6 +15,7 @@ trained parameters); `jdpm.t2i.bundle.load(DIR)` reads it back.
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import flax
@@ -224,6 +225,15 @@ def main(argv=None):
   p.add_argument("--continue_from", default=None,
                  help="a finished workdir: continue its denoiser (its text encoder and proxy are reused)")
   args = p.parse_args(argv)
+  try:
+    config, init_unet = _setup(t2i, args)
+  except (FileNotFoundError, ValueError) as e:  # a bad variant or --continue_from: one line, no traceback
+    sys.exit(f"jdpm.t2i.train: {e}")
+  print(json.dumps(train(config, args.workdir, init_unet), indent=1))
+
+
+def _setup(t2i, args):
+  """The config with the command line's overrides, and the denoiser to continue from (or None)."""
   config = t2i.get_config(args.config)
   for name in ("denoiser_steps", "min_snr_gamma", "lr", "ema_decay"):
     if getattr(args, name) is not None:
@@ -238,7 +248,7 @@ def main(argv=None):
     with checkpoint.Checkpointer(source / "checkpoints") as ckpt:
       init_unet = ckpt.read()[0]["unet"]["params"]
     config.denoiser.warmup_steps = 0
-  print(json.dumps(train(config, args.workdir, init_unet), indent=1))
+  return config, init_unet
 
 
 if __name__ == "__main__":
