@@ -152,3 +152,15 @@ def test_ranks_trained_denoiser_above_untrained(shapes_proxy):
   # yet; measured 0.10 here). test_accuracy_measures_class_fidelity checks that accuracy ranks class-faithful
   # images first.
   assert before["accuracy"] < 0.2
+
+
+def test_fresh_data_dir_gets_the_packaged_shapes_classifier(tmp_path):
+  """No training on a fresh install: the shipped classifier is copied into the data dir and used as is."""
+  packaged = proxy.PACKAGED_DIR / "shapes.npz"
+  loaded = proxy.load_proxy_classifier("shapes", tmp_path, train_if_missing=False)
+  copied = proxy.classifier_dir("shapes", tmp_path) / proxy.CLASSIFIER_FILE
+  assert copied.read_bytes() == packaged.read_bytes()
+  assert loaded.meta["steps"] == 1000 and loaded.meta["test_accuracy"] > 0.99
+  # Only shapes ships one.
+  with pytest.raises(proxy.ProxyClassifierError, match="No proxy classifier"):
+    proxy.load_proxy_classifier("digits", tmp_path, train_if_missing=False)

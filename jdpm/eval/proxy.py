@@ -40,7 +40,7 @@ jobs).
 import numpy as np
 
 # The classifier's storage and training live in their own modules; their public names are re-exported here.
-from jdpm.eval.proxy_store import (CLASSIFIER_FILE, FORMAT_VERSION, ProxyClassifierError,  # noqa: F401
+from jdpm.eval.proxy_store import (CLASSIFIER_FILE, FORMAT_VERSION, PACKAGED_DIR, ProxyClassifierError,  # noqa: F401
                                    TrainedClassifier, atomic_savez, classifier_dir, default_classifier,
                                    load_proxy_classifier, load_split, save_proxy_classifier)
 from jdpm.eval.proxy_train import (DEFAULT_BATCH_SIZE, LEARNING_RATE, NOISE_STD, main,  # noqa: F401

@@ -3,6 +3,11 @@
 Files: `<data_dir>/proxy_classifier/<dataset>/classifier.npz` (parameters + metadata JSON). A damaged file
 raises `ProxyClassifierError`, which says how to retrain; it is never replaced silently. See
 `jdpm.eval.proxy` for the metric and `jdpm.eval.proxy_train` for the training.
+
+jdpm ships the classifier of `shapes` (`jdpm/eval/proxy_weights/shapes.npz`, made by
+`python -m jdpm.eval.proxy --dataset shapes` with the defaults: 1,000 steps, seed 0, test accuracy 1.0). A data
+dir without a classifier of its own gets a copy of it instead of a 1-3 minute training run, and shapes-FID
+numbers from different machines share one scale.
 """
 
 import dataclasses
@@ -12,6 +17,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 
 import numpy as np
@@ -21,6 +27,7 @@ log = logging.getLogger("jdpm.eval.proxy")
 FORMAT_VERSION = 1
 SUBDIR = "proxy_classifier"
 CLASSIFIER_FILE = "classifier.npz"
+PACKAGED_DIR = pathlib.Path(__file__).parent / "proxy_weights"  # <dataset>.npz, in CLASSIFIER_FILE's format
 _EVAL_BATCH = 250  # images per compiled forward pass (the last batch is padded: one compilation)
 
 
@@ -176,7 +183,10 @@ def _read_classifier(path: pathlib.Path, dataset: str, data_dir) -> TrainedClass
 
 def load_proxy_classifier(dataset: str = "shapes", data_dir=None, train_if_missing: bool = True,
                           **train_kwargs) -> TrainedClassifier:
-  """The saved proxy classifier of `dataset`, trained and saved first if missing and `train_if_missing`.
+  """The saved proxy classifier of `dataset`; if missing, jdpm's packaged one, or one trained and saved first.
+
+  A data dir without a classifier gets a copy of the packaged one (`PACKAGED_DIR`, `shapes` only) unless
+  `train_kwargs` ask for a particular training; otherwise one is trained when `train_if_missing`.
 
   Args:
     dataset, data_dir: as in `jdpm.eval.proxy_train.train_proxy_classifier`.
@@ -186,6 +196,13 @@ def load_proxy_classifier(dataset: str = "shapes", data_dir=None, train_if_missi
       measured with it would change scale), or it is missing and not `train_if_missing`.
   """
   path = classifier_dir(dataset, data_dir) / CLASSIFIER_FILE
+  packaged = PACKAGED_DIR / f"{dataset}.npz"
+  if not path.exists() and packaged.is_file() and not train_kwargs:
+    log.info("no proxy classifier for %s at %s: copying the one that ships with jdpm", dataset, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.copy")
+    shutil.copyfile(packaged, tmp)
+    os.replace(tmp, path)
   if not path.exists():
     if not train_if_missing:
       raise ProxyClassifierError(f"No proxy classifier for {dataset!r} at {path}; "
