@@ -19,6 +19,8 @@ from jdpm.diffusion import conditioning
 from jdpm import parallel, samplers
 
 SAMPLERS = ("unipc", "dpm_solver++", "dpm_solver", "ddim", "ddpm")
+# config.diffusion.prediction -> the samplers' model_type (`jdpm.samplers.make_noise_fn`).
+_MODEL_TYPES = {"epsilon": "noise", "v": "v", "x0": "x0"}
 
 
 @functools.lru_cache(maxsize=32)
@@ -33,7 +35,7 @@ def _apply_fn(model, amm):
 def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
                   cfg_channels=None, guidance_window=None, cfg_scale_pow=None, amm=False, learn_sigma=None,
                   num_timesteps=1000, beta_schedule="linear", clip_denoised=False, null=None, sample_shape=None,
-                  skip_type="time_uniform", mesh=None):
+                  skip_type="time_uniform", prediction="epsilon", mesh=None):
   """Draws one sample per condition.
 
   Args:
@@ -62,12 +64,15 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
     sample_shape: (H, W, C) of one sample (default: the model's `sample_shape`).
     skip_type: the ODE samplers' time grid: "time_uniform" (the papers' sampling scripts), "logSNR" or
       "time_quadratic" (see the README's sampler notes for which to choose).
+    prediction: what the model predicts: "epsilon" (noise), "v" or "x0" (``config.diffusion.prediction``).
     mesh: shard the batch over this mesh (default: all devices).
   Returns:
     (B, H, W, C) float32 samples in the model's data space (images in [-1, 1] for pixel models).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+  if prediction not in _MODEL_TYPES:
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(_MODEL_TYPES)}.")
   mesh = mesh or parallel.make_mesh()
   cond = jax.tree.map(jnp.asarray, cond)
   num = conditioning.batch_size(cond)
@@ -92,7 +97,8 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
 
   if sampler == "ddpm":
     diffusion = diffusion_lib.create_diffusion(str(steps), noise_schedule=beta_schedule,
-                                               diffusion_steps=num_timesteps, learn_sigma=learn_sigma)
+                                               diffusion_steps=num_timesteps, learn_sigma=learn_sigma,
+                                               predict_v=prediction == "v", predict_xstart=prediction == "x0")
     kwargs = dict(variables=variables, cond=cond, guidance=guidance,
                   model_times=jnp.asarray(diffusion.timestep_map, jnp.int32))
     return diffusion_lib.ddpm_sample(_ddpm_model_fn(apply_fn), diffusion, x_T, rng_steps, model_kwargs=kwargs,
@@ -101,7 +107,7 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
   betas = diffusion_lib.named_beta_schedule(beta_schedule, num_timesteps)
   sched = diffusion_lib.VPSchedule.discrete(betas)
   noise_fn = samplers.make_noise_fn(apply_fn, variables, sched, y=cond, learned_sigma=learn_sigma,
-                                    guidance=guidance)
+                                    guidance=guidance, model_type=_MODEL_TYPES[prediction])
   extra = {}
   if clip_denoised:
     if sampler == "dpm_solver":
@@ -141,7 +147,8 @@ def sample_options(config, **overrides):
       cfg_scale=s.cfg_scale,
       cfg_channels=s.get("cfg_channels"), guidance_window=_window(s.get("guidance_window")),
       amm=s.get("amm", False), cfg_scale_pow=guidance_power(s), clip_denoised=s.get("clip_denoised", False),
-      num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule)
+      num_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.beta_schedule,
+      prediction=config.diffusion.get("prediction", "epsilon"))
   options.update({k: v for k, v in overrides.items() if v is not None})
   return options
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jdpm.diffusion import GaussianDiffusion, conditioning, create_diffusion, create_named_schedule_sampler
 
 _REGISTRY = {}
+PREDICTIONS = ("epsilon", "v", "x0")  # config.diffusion.prediction: the denoiser's target
 
 
 def register(name):
@@ -62,8 +63,12 @@ def training_diffusion(config, model=None):
   learn_sigma = getattr(model, "learn_sigma", None)
   if learn_sigma is None:
     learn_sigma = config.model.get("learn_sigma", True)
+  prediction = config.diffusion.get("prediction", "epsilon")
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"config.diffusion.prediction must be one of {', '.join(PREDICTIONS)}; got {prediction!r}.")
   return create_diffusion("", noise_schedule=config.diffusion.beta_schedule,
-                          diffusion_steps=config.diffusion.num_timesteps, learn_sigma=learn_sigma)
+                          diffusion_steps=config.diffusion.num_timesteps, learn_sigma=learn_sigma,
+                          predict_v=prediction == "v", predict_xstart=prediction == "x0")
 
 
 def section(config, name):
