@@ -24,7 +24,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.learn_sigma = True
   if arg == "tiny":
     c.model.update(dict(hidden_size=128, depth=4, num_heads=4, patch_size=4, input_size=32, in_channels=3,
-                        num_classes=10, mlp_ratio=4.0))
+                        num_classes=10, mlp_ratio=4.0, final_conv=False))
     return tiny_recipe(c)
   if arg not in DIT_SIZES:
     raise ValueError(f"unknown DiT config {arg!r}; choose one of tiny, {', '.join(DIT_SIZES)}.")

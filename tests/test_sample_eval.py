@@ -1,4 +1,5 @@
-"""On-the-fly evaluation: resumable accumulation, and sample.py printing the five metrics on a tiny run."""
+"""On-the-fly evaluation: resumable accumulation, sample.py printing the five metrics on a tiny run, and the
+quick evaluation that follows a sample grid."""
 
 import json
 import pathlib
@@ -102,3 +103,19 @@ def test_sample_py_prints_all_metrics_for_a_tiny_run(tmp_path, capsys):
   # Running it again resumes from the finished state: same numbers, no sampling.
   again = sample.main(argv)
   assert again["fid"] == pytest.approx(results["fid"], rel=1e-12)
+
+  # A grid ends with a quick evaluation: accuracy and shapes-FID of class-balanced samples, measured by the
+  # classifier that ships with jdpm (copied into the data dir, not trained).
+  capsys.readouterr()
+  argv = [f"--workdir={tmp_path / 'run'}", "--num-samples=8", "--steps=3", "--quick-eval=16",
+          f"--out={tmp_path / 'grid.png'}"]
+  metrics = sample.main(argv)
+  printed = capsys.readouterr().out
+  assert "quick evaluation (16 samples" in printed and "class accuracy" in printed and "shapes-FID" in printed
+  assert "next:" in printed
+  assert metrics["num_images"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["fid"] > 0
+  copied = proxy.classifier_dir("shapes", data_dir) / proxy.CLASSIFIER_FILE
+  assert copied.read_bytes() == (proxy.PACKAGED_DIR / "shapes.npz").read_bytes()
+  sample.main(argv[:-2] + ["--quick-eval=0", f"--out={tmp_path / 'grid2.png'}"])  # 0 turns it off
+  assert "quick evaluation" not in capsys.readouterr().out
+
