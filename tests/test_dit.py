@@ -331,20 +331,3 @@ def test_remat_gives_the_same_output():
   x, t, y = nhwc(data["input/x"]), data["input/t"], data["input/y"]
   out = jax.jit(model.apply)(variables, x, t, y)
   np.testing.assert_allclose(out, jitted()(variables, x, t, y), atol=1e-6)
-
-
-def test_final_conv_starts_as_the_plain_dit_and_sees_across_patches():
-  """final_conv (not in the official DiT): zero at init, so the official weights give the official output."""
-  data, variables = golden("dit_tiny.npz")
-  model = jdpm.models.create("DiT", **TINY, final_conv=True)
-  x, t, y = nhwc(data["input/x"]), data["input/t"], data["input/y"]
-  conv_variables = jax.jit(model.init)(jax.random.key(0), x, t, y)
-  params = dict(variables["params"], final_conv=conv_variables["params"]["final_conv"])
-  out = jax.jit(model.apply)({"params": params}, x, t, y)
-  np.testing.assert_array_equal(out, jitted()(variables, x, t, y))
-  # A non-zero kernel mixes neighbouring pixels, also across a patch border.
-  kernel = np.zeros_like(params["final_conv"]["kernel"])
-  kernel[1, 0] = np.eye(kernel.shape[-1])  # each output pixel adds its left neighbour
-  params["final_conv"] = dict(params["final_conv"], kernel=kernel)
-  mixed = jax.jit(model.apply)({"params": params}, x, t, y)
-  np.testing.assert_allclose(mixed[:, :, 2:], out[:, :, 2:] + out[:, :, 1:-1], rtol=1e-5, atol=1e-6)

@@ -119,13 +119,7 @@ class DiT(PatchTransformer):
   """Diffusion Transformer; the fields are ``PatchTransformer``'s (the official constructor's
   names; the defaults give DiT-XL/2 on 32×32×4 latents with 1000 classes). Official AMM placement
   for DiT-XL/2: ``amm_blocks=jdpm.models.amm.DIT_XL_AMM_BLOCKS`` = (15, 17, 19, 22, 24).
-
-  One field is not the official DiT's: ``final_conv`` adds a residual 3×3 convolution on the
-  unpatchified output (as U-ViT's last layer), zero-initialised so the model starts as the plain DiT.
-  Each token draws its own p×p patch, and early in training neighbouring patches disagree, which
-  shows as blocky samples; the convolution lets the output see across patch borders.
   """
-  final_conv: bool = False
 
   def pos_embed(self):
     """The frozen (1, N, D) float32 sin-cos position table."""
@@ -179,11 +173,7 @@ class DiT(PatchTransformer):
                          name=f"blocks_{i}")(tokens, c, modulation)
     tokens = FinalLayer(d, self.patch_size, self.out_channels, dtype=self.dtype,
                         name="final_layer")(tokens, c)
-    out = layers.unpatchify(tokens, self.patch_size, self.out_channels)
-    if self.final_conv:
-      out = out + nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                          kernel_init=layers.zeros, name="final_conv")(out)
-    return out
+    return layers.unpatchify(tokens, self.patch_size, self.out_channels)
 
   def forward_with_cfg(self, x, t, y, cfg_scale, guided_channels=3, amm=False):
     """Classifier-free guided forward on a GLIDE-style doubled batch (official convention).
