@@ -25,7 +25,8 @@ with `jdpm.generate.sample_images` for labels `np.arange(N) % 10`, and call
 ``proxy_metrics(samples, labels, dataset="shapes", data_dir=...)``. Lower fid and higher accuracy are better.
 Scale, on shapes with the default classifier: real images vs the reference ~0.03 at N = 1,000; uniform noise
 ~120; real images plus Gaussian noise of std 0.05 / 0.1 / 0.2 (in [-1, 1] units) ~0.25 / 4 / 32; the tiny DiT
-config after 0 / 300 / 600 / 1,200 training steps ~119 / 78 / 59 / 41. On digits the floor is higher (~1.3:
+with noise prediction at batch 32 after 0 / 300 / 600 / 1,200 training steps ~119 / 78 / 59 / 41, the current
+tiny recipe (v-prediction, batch 8) 5.6 after its 8,000 steps. On digits the floor is higher (~1.3:
 the classifier saw only 1,500 training images, and the train and test features differ) and noise shows less.
 Like FID, the estimate is biased upwards by roughly (feature dim) / N: compare numbers only at the same N
 (1,000 to 2,000 samples keep the bias far below the gaps between models). Numbers are only comparable under
