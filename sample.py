@@ -314,20 +314,24 @@ def quick_evaluation(args, config, model, variables, options, num_samples):
   images = np.concatenate(images)[:num_samples]
   labels = np.concatenate(labels)[:num_samples]
   metrics = proxy.proxy_metrics(images, labels, dataset=dataset, data_dir=config.data.get("data_dir") or None)
-  chance = 1 / model.num_classes
-  print(f"quick evaluation ({num_samples} samples, {time.time() - t0:.0f} s): class accuracy "
-        f"{metrics['accuracy']:.3f} (chance {chance:.2f}), shapes-FID {metrics['fid']:.1f} (real test images: "
-        f"about 0.03 at 1,000 samples; fewer samples read higher)")
-  workdir = args.workdir
+  if jax.process_index() == 0:
+    print_quick_evaluation(metrics, num_samples, time.time() - t0, dataset, model.num_classes, args.workdir)
+  return metrics
+
+
+def print_quick_evaluation(metrics, num_samples, seconds, dataset, num_classes, workdir):
+  """The quick evaluation's two lines: the numbers (with chance and the real-image floor) and what next."""
+  floor = " (real test images: about 0.03 at 1,000 samples; fewer samples read higher)" if dataset == "shapes" else ""
+  print(f"quick evaluation ({num_samples} samples, {seconds:.0f} s): class accuracy {metrics['accuracy']:.3f} "
+        f"(chance {1 / num_classes:.2f}), {dataset}-FID {metrics['fid']:.1f}{floor}")
   if metrics["accuracy"] < 0.9:
     print(f"  next: train longer: the same train.py command with --config.total_steps=<more> resumes "
           f"{workdir}; or a longer recipe such as --config=configs/dit.py:tiny_long")
   else:
     print(f"  next: the full measurement (FID, sFID, IS, precision, recall): python sample.py "
-          f"--workdir={workdir} --num-samples=2000 --eval-stats={pathlib.Path(workdir) / 'shapes_ref.npz'}; "
+          f"--workdir={workdir} --num-samples=2000 --eval-stats={pathlib.Path(workdir) / (dataset + '_ref.npz')}; "
           f"other samplers: --sampler=dpm_solver++ --steps=20; the EDT and MDTv2 recipes: configs/edt.py, "
           f"configs/mdt.py")
-  return metrics
 
 
 if __name__ == "__main__":

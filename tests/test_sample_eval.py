@@ -3,7 +3,6 @@ quick evaluation that follows a sample grid."""
 
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
