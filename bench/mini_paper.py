@@ -108,7 +108,8 @@ def main():
   body = "\n".join(table) + (
       f"\n\nReal-vs-real floor ({n} test images vs the test statistics): shapes-FID {floor['fid']:.2f}, accuracy "
       f"{floor['accuracy']:.3f}. Budget {args.budget_minutes:g} min of training per model (compilation excluded), "
-      f"batch 32, seed {args.seed}; {args.num_samples} samples, UniPC 10 steps, CFG as each tiny config; proxy "
+      f"batch {dit_config.get_config('tiny').batch_size}, seed {args.seed}; {args.num_samples} samples, UniPC 10 "
+      f"steps, CFG as each tiny config; proxy "
       f"classifier {classifier.fingerprint} (test accuracy {classifier.meta['test_accuracy']:.3f}).\n\n"
       f"Ranking by shapes-FID without AMM (lower is better): {' < '.join(ranking)}. "
       f"Paper's prediction 'EDT lowest FID per unit of training time': "
