@@ -19,6 +19,8 @@ from jdpm.training import trainer  # noqa: E402
 
 def _micro(module, data_dir):
   c = module.get_config("tiny")  # its family's objective, optimizer and sampling recipe
+  if module is edt_config:  # half the recipe's width: the same program, a third less test time
+    c.model.update(dict(hidden_size=48, dims=edt_config.stage_widths(48), num_heads=(3, 4, 5, 4, 3)))
   c.data.update(dict(name="shapes/tiny", data_dir=str(data_dir)))
   c.batch_size = 8
   c.total_steps = 2
