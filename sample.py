@@ -30,6 +30,8 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 log = logging.getLogger("jdpm.sample")
+PROXY_DATASETS = ("shapes", "digits")  # built-in data measured by jdpm's proxy classifier (shapes-FID)
+QUICK_EVAL_DATASETS = ("shapes",)  # of those, the ones whose classifier ships with jdpm
 
 
 def parse_args(argv=None):
@@ -180,7 +182,7 @@ def run_evaluation(args, config, model, variables, options, decode, out):
   from jdpm.eval import sample_eval
 
   dataset = args.eval_dataset or config.data.name
-  kind = args.eval_features or ("proxy" if dataset.split("/")[0] in ("shapes", "digits") else "inception")
+  kind = args.eval_features or ("proxy" if dataset.split("/")[0] in PROXY_DATASETS else "inception")
   try:
     extractor = features_lib.make_extractor(kind, dataset=dataset, data_dir=config.data.get("data_dir") or None,
                                             inception_weights=args.inception_weights)
@@ -282,9 +284,6 @@ def main(argv=None):
   return None
 
 
-QUICK_EVAL_DATASETS = ("shapes",)  # built-in data whose proxy classifier ships with jdpm
-
-
 def default_quick_eval(args, config, model):
   """1000 samples for a pixel model of the built-in shapes data sampled from a workdir, else 0 (off)."""
   built_in = config.data.name in QUICK_EVAL_DATASETS and model.in_channels == 3
@@ -299,7 +298,7 @@ def quick_evaluation(args, config, model, variables, options, num_samples):
   from jdpm.eval import proxy
 
   dataset = config.data.name.split("/")[0]
-  if dataset not in ("shapes", "digits"):
+  if dataset not in PROXY_DATASETS:
     sys.exit(f"sample.py: --quick-eval measures runs on the built-in shapes/digits data; this run trained on "
              f"{config.data.name!r}. Use --eval-stats with --num-samples instead.")
   batch = max(jax.device_count(), min(num_samples, 500) // jax.device_count() * jax.device_count())

@@ -69,7 +69,7 @@ def test_config_prediction_reaches_the_objective_and_the_sampler_options():
   assert objectives.training_diffusion(config).mean_type == "epsilon"
   assert dit_config.get_config("S").diffusion.prediction == "epsilon"  # the paper recipes
   config.diffusion.prediction = "score"
-  with pytest.raises(ValueError, match="prediction must be one of epsilon, v, x0"):
+  with pytest.raises(ValueError, match="prediction must be one of epsilon, x0, v"):
     objectives.training_diffusion(config)
   with pytest.raises(ValueError, match="unknown prediction"):
     generate.sample_images(OracleDenoiser("v"), {}, np.zeros(2, np.int32), jax.random.key(0), prediction="score")

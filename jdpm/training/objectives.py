@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from jdpm.diffusion import GaussianDiffusion, conditioning, create_diffusion, create_named_schedule_sampler
+from jdpm.diffusion.gaussian import MEAN_TYPES  # the values of config.diffusion.prediction
 
 _REGISTRY = {}
-PREDICTIONS = ("epsilon", "v", "x0")  # config.diffusion.prediction: the denoiser's target
 
 
 def register(name):
@@ -64,8 +64,8 @@ def training_diffusion(config, model=None):
   if learn_sigma is None:
     learn_sigma = config.model.get("learn_sigma", True)
   prediction = config.diffusion.get("prediction", "epsilon")
-  if prediction not in PREDICTIONS:
-    raise ValueError(f"config.diffusion.prediction must be one of {', '.join(PREDICTIONS)}; got {prediction!r}.")
+  if prediction not in MEAN_TYPES:
+    raise ValueError(f"config.diffusion.prediction must be one of {', '.join(MEAN_TYPES)}; got {prediction!r}.")
   return create_diffusion("", noise_schedule=config.diffusion.beta_schedule,
                           diffusion_steps=config.diffusion.num_timesteps, learn_sigma=learn_sigma,
                           predict_v=prediction == "v", predict_xstart=prediction == "x0")
