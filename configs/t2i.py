@@ -34,7 +34,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")))
   c.denoiser = ml_collections.ConfigDict(dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100,
                                               cond_drop=0.1, ema_decay=0.999, num_timesteps=1000,
-                                              min_snr_gamma=0.0))
+                                              min_snr_gamma=0.0, prediction="epsilon"))
   c.proxy = ml_collections.ConfigDict(dict(steps=800, batch_size=128, lr=2e-3, noise_std=0.15))
   c.sample = ml_collections.ConfigDict(dict(method="dpm_solver++", steps=20, cfg_scale=4.0))
   if arg == "test":

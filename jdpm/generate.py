@@ -20,7 +20,7 @@ from jdpm import parallel, samplers
 
 SAMPLERS = ("unipc", "dpm_solver++", "dpm_solver", "ddim", "ddpm")
 # config.diffusion.prediction -> the samplers' model_type (`jdpm.samplers.make_noise_fn`).
-_MODEL_TYPES = {"epsilon": "noise", "v": "v", "x0": "x0"}
+MODEL_TYPES = {"epsilon": "noise", "v": "v", "x0": "x0"}
 
 
 @functools.lru_cache(maxsize=32)
@@ -71,8 +71,8 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-  if prediction not in _MODEL_TYPES:
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(_MODEL_TYPES)}.")
+  if prediction not in MODEL_TYPES:
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(MODEL_TYPES)}.")
   mesh = mesh or parallel.make_mesh()
   cond = jax.tree.map(jnp.asarray, cond)
   num = conditioning.batch_size(cond)
@@ -107,7 +107,7 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
   betas = diffusion_lib.named_beta_schedule(beta_schedule, num_timesteps)
   sched = diffusion_lib.VPSchedule.discrete(betas)
   noise_fn = samplers.make_noise_fn(apply_fn, variables, sched, y=cond, learned_sigma=learn_sigma,
-                                    guidance=guidance, model_type=_MODEL_TYPES[prediction])
+                                    guidance=guidance, model_type=MODEL_TYPES[prediction])
   extra = {}
   if clip_denoised:
     if sampler == "dpm_solver":

@@ -156,3 +156,11 @@ def test_builtin_pipeline_samples_with_trajectory_and_maps(tiny):
     pipelines.text_to_image(pipe, [""], steps=2)
   with pytest.raises(ValueError, match="at most 14"):
     pipelines.text_to_image(pipe, ["a red ring left of a blue square " * 2], steps=2)
+
+
+def test_builtin_pipeline_reads_what_the_denoiser_predicts(tiny):
+  """A v-prediction run's pipeline reads its output as v (older runs' configs have no field: noise)."""
+  config = tiny["config"].copy_and_resolve_references()
+  assert bundle.assemble(config, tiny["unet_vars"], tiny["text_vars"]).model_type == "noise"
+  config.denoiser.prediction = "v"
+  assert bundle.assemble(config, tiny["unet_vars"], tiny["text_vars"]).model_type == "v"

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jdpm import generate
 from jdpm.data import captioned_shapes
 from jdpm.diffusion import VPSchedule, betas as betas_lib
 from jdpm.pipelines.text_to_image import TextToImagePipeline
@@ -32,7 +33,9 @@ def assemble(config, unet_variables, text_variables):
   """A pixel-space `TextToImagePipeline` from the built-in model's config and variables."""
   schedule = VPSchedule.discrete(betas_lib.linear_betas(config.denoiser.num_timesteps))
   return TextToImagePipeline(models.denoiser(config), unet_variables, None, None, models.text_encoder(config),
-                             text_variables, None, schedule, "noise", word_tokenizer=models.tokenizer(config))
+                             text_variables, None, schedule,
+                             generate.MODEL_TYPES[config.denoiser.get("prediction", "epsilon")],
+                             word_tokenizer=models.tokenizer(config))
 
 
 def load(workdir):

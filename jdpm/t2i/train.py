@@ -6,8 +6,8 @@ jdpm's optimizer (`make_optimizer`), noise schedule and condition dropping (`jdp
      [EOS] embedding), then frozen: the denoiser reads its precomputed last hidden states, as Stable
      Diffusion reads a frozen CLIP's;
   2. the proxy classifier of the scenes' canonical labels (shape, colour, layout, size), on noisy renders;
-  3. the denoiser (noise prediction, 10% of the captions replaced by the empty prompt's context for
-     classifier-free guidance), with an EMA of its weights.
+  3. the denoiser (noise or v prediction, ``config.denoiser.prediction``; 10% of the captions replaced by
+     the empty prompt's context for classifier-free guidance), with an EMA of its weights.
 Everything is saved with `jdpm.training.checkpoint.Checkpointer` (the frozen text encoder beside the
 trained parameters); `jdpm.t2i.bundle.load(DIR)` reads it back.
 """
@@ -110,12 +110,17 @@ def train_proxy(config, images, labels, rng):
 
 
 def train_denoiser(config, contexts, null_context, images, rng, init_params=None):
-  """Noise-prediction training of the UNet on frozen text contexts (B, L, D); returns EMA variables.
+  """Trains the UNet on frozen text contexts (B, L, D) to predict config.denoiser.prediction; returns EMA variables.
 
-  With config.denoiser.min_snr_gamma > 0 the per-example losses get Min-SNR weights min(SNR, γ) / SNR
+  prediction "epsilon" regresses the noise, "v" the velocity v = sqrt(abar) eps - sqrt(1 - abar) x0 (at high
+  noise v is mostly the image, whose error the sampler does not amplify; see `configs.common.tiny_recipe`).
+  With config.denoiser.min_snr_gamma > 0 the per-example losses get the Min-SNR weights of that target
   (`jdpm.diffusion.losses.min_snr_weight`), which favour the high-noise steps that decide the content.
   init_params: continue from these parameters instead of a fresh initialisation."""
   model, d = models.denoiser(config), config.denoiser
+  prediction = d.get("prediction", "epsilon")
+  if prediction not in ("epsilon", "v"):
+    raise ValueError(f"config.denoiser.prediction must be 'epsilon' or 'v'; got {prediction!r}.")
   alphas_cumprod = jnp.asarray(np.cumprod(1.0 - betas_lib.linear_betas(d.num_timesteps)), jnp.float32)
   params = init_params
   if params is None:
@@ -132,9 +137,11 @@ def train_denoiser(config, contexts, null_context, images, rng, init_params=None
     abar = alphas_cumprod[t][:, None, None, None]
     x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
     context = conditioning.drop(context, null_context, jax.random.uniform(k_d, (x0.shape[0],)) < d.cond_drop)
-    per_example = jnp.mean((model.apply({"params": p}, x_t, t, context) - noise) ** 2, axis=(1, 2, 3))
+    target = noise if prediction == "epsilon" else jnp.sqrt(abar) * noise - jnp.sqrt(1 - abar) * x0
+    per_example = jnp.mean((model.apply({"params": p}, x_t, t, context) - target) ** 2, axis=(1, 2, 3))
     if gamma > 0:
-      per_example = per_example * losses.min_snr_weight(abar[:, 0, 0, 0] / (1 - abar[:, 0, 0, 0]), gamma)
+      snr = abar[:, 0, 0, 0] / (1 - abar[:, 0, 0, 0])
+      per_example = per_example * losses.min_snr_weight(snr, gamma, prediction)
     return jnp.mean(per_example)
 
   @jax.jit
@@ -222,6 +229,9 @@ def main(argv=None):
   p.add_argument("--min_snr_gamma", type=float, default=None, help="override config.denoiser.min_snr_gamma")
   p.add_argument("--lr", type=float, default=None, help="override config.denoiser.lr")
   p.add_argument("--ema_decay", type=float, default=None, help="override config.denoiser.ema_decay")
+  p.add_argument("--batch_size", type=int, default=None, help="override config.denoiser.batch_size")
+  p.add_argument("--prediction", choices=("epsilon", "v"), default=None,
+                 help="override config.denoiser.prediction (what the denoiser regresses)")
   p.add_argument("--continue_from", default=None,
                  help="a finished workdir: continue its denoiser (its text encoder and proxy are reused)")
   args = p.parse_args(argv)
@@ -235,7 +245,7 @@ def main(argv=None):
 def _setup(t2i, args):
   """The config with the command line's overrides, and the denoiser to continue from (or None)."""
   config = t2i.get_config(args.config)
-  for name in ("denoiser_steps", "min_snr_gamma", "lr", "ema_decay"):
+  for name in ("denoiser_steps", "min_snr_gamma", "lr", "ema_decay", "batch_size", "prediction"):
     if getattr(args, name) is not None:
       config.denoiser[name.replace("denoiser_", "")] = getattr(args, name)
   init_unet = None
