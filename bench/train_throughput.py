@@ -28,10 +28,14 @@ from jdpm.training.state import create_train_state  # noqa: E402
 from jdpm.training.step import jit_update_fn, make_update_fn  # noqa: E402
 
 
-def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_kwargs):
-  """(train img/s, inference img/s, forward GMACs per image) for one model and batch size."""
+def setup(model_name, batch, dtype="float32", objective_factory=None, **model_kwargs):
+  """Everything a timing or profile of one model needs: its jitted forward and training step with inputs.
+
+  Returns a dict: model, macs (forward MACs per image), forward (jitted variables, x -> output), variables,
+  x (B, H, W, C) noise input, update (jitted state, batch -> (state, metrics): jdpm's real step with the
+  diffusion loss, AdamW and EMA), state (on the mesh) and data (the batch dict).
+  """
   model = jdpm.models.create(model_name, **model_kwargs)
-  macs = jdpm.models.count_macs(model)
   mesh = parallel.make_mesh()
   shape = (batch, model.input_size, model.input_size, model.in_channels)
   rng = jax.random.key(0)
@@ -40,26 +44,31 @@ def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_
   t = jnp.arange(batch) * 7 % 1000
   variables = jax.jit(model.init)(rng, x, t, y)
   compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else None
-
   forward = jax.jit(lambda v, x: model.apply(jdpm.training.step.cast_floats(v, compute_dtype),
                                              x.astype(compute_dtype or x.dtype), t, y))
-  infer_s = common.time_fn(forward, variables, x, min_time=min_time)
-
   objective = (objective_factory or DenoisingObjective)(model=model, diffusion=diffusion.create_diffusion(""))
   optimizer = optax.adamw(1e-4)
   state = create_train_state(variables["params"], optimizer, rng, extra=objective.init_extra())
   shardings = jax.tree.map(lambda a: parallel.param_sharding(a.shape, mesh), state)
   update = jit_update_fn(make_update_fn(objective, optimizer, compute_dtype=compute_dtype), shardings,
                          parallel.batch_sharding(mesh), parallel.replicated(mesh))
-  data = {"image": np.asarray(x), "label": np.asarray(y, np.int32)}
-  holder = {"state": jax.device_put(state, shardings)}
+  return dict(model=model, macs=jdpm.models.count_macs(model), forward=forward, variables=variables, x=x,
+              update=update, state=jax.device_put(state, shardings),
+              data={"image": np.asarray(x), "label": np.asarray(y, np.int32)})
+
+
+def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_kwargs):
+  """(train img/s, inference img/s, forward GMACs per image) for one model and batch size."""
+  s = setup(model_name, batch, dtype, objective_factory, **model_kwargs)
+  infer_s = common.time_fn(s["forward"], s["variables"], s["x"], min_time=min_time)
+  holder = {"state": s["state"]}
 
   def train_step(batch):
-    holder["state"], metrics = update(holder["state"], batch)
+    holder["state"], metrics = s["update"](holder["state"], batch)
     return metrics
 
-  train_s = common.time_fn(train_step, data, min_time=min_time)
-  return batch / train_s, batch / infer_s, macs / 1e9
+  train_s = common.time_fn(train_step, s["data"], min_time=min_time)
+  return batch / train_s, batch / infer_s, s["macs"] / 1e9
 
 
 def main():
