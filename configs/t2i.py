@@ -4,14 +4,14 @@
 layout (16 positions), a 2-layer causal CLIP-style text encoder pre-trained contrastively against a small
 image tower and then frozen, a pixel-space cross-attention UNet (UNet2DConditionModel, two levels, cross-
 attention at 8x8 and in the mid block; 1.0M parameters) trained with 10% condition dropout, and the proxy classifier
-of shape / colour / layout / size. ``python -m jdpm.t2i.train --config tiny --workdir DIR`` trains all three
-(about 45 minutes on 2 shared CPU cores). The model measured in BENCHMARKS.md was then trained 700 more steps
-with Min-SNR weighting, which the plain run needed to denoise from high noise (samples from the first stage
-alone stayed noisy):
+of shape / colour / layout / size. The denoiser predicts v with Min-SNR-5 weighting at batch 8 (as the
+class-conditional tiny recipe, `configs.common.tiny_recipe`: on 2 cores small batches buy more updates). The
+model measured in BENCHMARKS.md ("T2I built-in model, v-prediction") is these two commands, 4,000 + 8,000
+denoiser steps (337 s + 634 s of denoiser training on 2 cores; the text encoder and proxy stages, about 7
+minutes, run once):
 
   python -m jdpm.t2i.train --config tiny --workdir runs/t2i_a
-  python -m jdpm.t2i.train --config tiny --workdir runs/t2i --continue_from runs/t2i_a \
-      --denoiser_steps 700 --min_snr_gamma 5 --lr 5e-4 --ema_decay 0.995
+  python -m jdpm.t2i.train --config tiny --workdir runs/t2i --continue_from runs/t2i_a --denoiser_steps 8000
 """
 
 import ml_collections
@@ -32,9 +32,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=4, norm_num_groups=8,
       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")))
-  c.denoiser = ml_collections.ConfigDict(dict(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100,
+  c.denoiser = ml_collections.ConfigDict(dict(steps=4000, batch_size=8, lr=1e-3, warmup_steps=100,
                                               cond_drop=0.1, ema_decay=0.999, num_timesteps=1000,
-                                              min_snr_gamma=0.0, prediction="epsilon"))
+                                              min_snr_gamma=5.0, prediction="v"))
   c.proxy = ml_collections.ConfigDict(dict(steps=800, batch_size=128, lr=2e-3, noise_std=0.15))
   c.sample = ml_collections.ConfigDict(dict(method="dpm_solver++", steps=20, cfg_scale=4.0))
   if arg == "test":

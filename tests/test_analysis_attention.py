@@ -159,8 +159,11 @@ def test_builtin_pipeline_samples_with_trajectory_and_maps(tiny):
 
 
 def test_builtin_pipeline_reads_what_the_denoiser_predicts(tiny):
-  """A v-prediction run's pipeline reads its output as v (older runs' configs have no field: noise)."""
+  """The pipeline reads the denoiser's output as the config's prediction; a run saved before the field
+  existed (no `prediction`) predicted noise."""
   config = tiny["config"].copy_and_resolve_references()
+  for prediction, model_type in (("v", "v"), ("epsilon", "noise")):
+    config.denoiser.prediction = prediction
+    assert bundle.assemble(config, tiny["unet_vars"], tiny["text_vars"]).model_type == model_type
+  del config.denoiser["prediction"]
   assert bundle.assemble(config, tiny["unet_vars"], tiny["text_vars"]).model_type == "noise"
-  config.denoiser.prediction = "v"
-  assert bundle.assemble(config, tiny["unet_vars"], tiny["text_vars"]).model_type == "v"
