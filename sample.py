@@ -5,6 +5,11 @@
       --guidance-window=0,0.4
   python sample.py --weights=DiT-XL-2-256x256.pt --model=DiT-XL/2 --num-samples=16 --out=dit.png
 
+Text to image from a Stable Diffusion 1.x/2.x diffusers folder or a built-in model (python -m jdpm.t2i.train),
+optionally without the text for the last N evaluations (the T2I paper's acceleration):
+
+  python sample.py --pipeline=runs/t2i --prompt="a red ring left of a blue square" --drop-text-last=10
+
 Writes a PNG grid (one column per class) and an .npz beside it with the raw samples and their labels.
 The batch is sharded over all devices.
 
@@ -42,7 +47,8 @@ def parse_args(argv=None):
   src.add_argument("--weights", help="official PyTorch weights (.pt/.safetensors/.npz) instead of a workdir")
   src.add_argument("--model", help="model name for --weights, e.g. DiT-XL/2")
   src.add_argument("--num-classes", type=int, default=1000, help="classes of the --weights model")
-  src.add_argument("--pipeline", help="a diffusers text-to-image pipeline folder (Stable Diffusion 1.x/2.x)")
+  src.add_argument("--pipeline", help="a diffusers text-to-image pipeline folder (Stable Diffusion 1.x/2.x), or "
+                                      "a built-in text-to-image model's workdir (python -m jdpm.t2i.train)")
   src.add_argument("--prompt", action="append", help="a prompt for --pipeline (repeat for several)")
   src.add_argument("--step", type=int, help="checkpoint step (default: the newest good one)")
   src.add_argument("--raw-params", action="store_true", help="use the raw parameters, not the EMA")
@@ -56,6 +62,12 @@ def parse_args(argv=None):
   s.add_argument("--cfg-channels", type=int, default=None, help="guide only the first k channels (-1 all)")
   s.add_argument("--guidance-window", default=None,
                  help="lo,hi: guide only this fraction of the steps, e.g. 0,0.4 (T2I acceleration)")
+  s.add_argument("--drop-text-last", type=int, default=None,
+                 help="--pipeline: condition-dropping acceleration, no guidance for the last N model evaluations "
+                      "(one network call each instead of two)")
+  s.add_argument("--keep", choices=("uncond", "cond"), default="uncond",
+                 help="what those last evaluations use: the unconditional prediction (as the T2I paper) or the "
+                      "conditional one")
   s.add_argument("--amm", action=argparse.BooleanOptionalAction, default=None,
                  help="Attention Modulation Matrix on (--amm) or off (--no-amm); default: the config's "
                       "sample.amm (on for the EDT configs, as the paper samples)")
@@ -218,25 +230,34 @@ def run_evaluation(args, config, model, variables, options, decode, out):
 
 
 def run_pipeline(args):
-  """Text to image with a diffusers pipeline folder: prompts -> CLIP -> jitted sampler -> VAE -> PNG grid."""
+  """Text to image with a diffusers pipeline folder or a built-in T2I model: prompts -> text encoder -> jitted
+  sampler (-> VAE) -> PNG grid, one column per prompt."""
   import jdpm
   from jdpm import generate
+  from jdpm.t2i import bundle
   folder = pathlib.Path(args.pipeline)
-  if not (folder / "model_index.json").is_file():
-    sys.exit(f"sample.py: {folder} is not a diffusers pipeline folder (no model_index.json).")
+  builtin = bundle.is_builtin(folder)
+  if not builtin and not (folder / "model_index.json").is_file():
+    sys.exit(f"sample.py: {folder} is not a diffusers pipeline folder (no model_index.json) or a built-in "
+             f"text-to-image workdir (no config.json and checkpoints/).")
   try:
-    pipe = jdpm.pipelines.load_pipeline(folder)
+    if builtin:  # its own sampling defaults (configs/t2i.py: DPM-Solver++, 20 steps, CFG 4)
+      pipe, _, config = bundle.load(folder)
+      defaults = dict(config.sample)
+    else:
+      pipe, defaults = jdpm.pipelines.load_pipeline(folder), dict(method="unipc", steps=20, cfg_scale=7.5)
     t0 = time.time()
     out = jdpm.pipelines.text_to_image(
-        pipe, list(args.prompt), steps=args.steps or 20, method=args.sampler or "unipc",
-        guidance_scale=7.5 if args.cfg_scale is None else args.cfg_scale, guidance_window=args.guidance_window,
+        pipe, list(args.prompt), steps=args.steps or defaults["steps"], method=args.sampler or defaults["method"],
+        guidance_scale=defaults["cfg_scale"] if args.cfg_scale is None else args.cfg_scale,
+        guidance_window=args.guidance_window, drop_text_last=args.drop_text_last, keep=args.keep,
         seed=args.seed, **({"order": args.order} if args.order else {}))
   except (ValueError, FileNotFoundError, ImportError) as e:
     sys.exit(f"sample.py: {' '.join(str(e).split())}")
   path = pathlib.Path(args.out or "text_to_image.png")
   generate.save_grid(generate.host_array(out["images"]), path, ncol=len(args.prompt))
-  print(f"wrote {path}: {len(args.prompt)} prompt(s), {out['nfe']} model evaluations, "
-        f"{time.time() - t0:.1f} s including compilation")
+  print(f"wrote {path}: {len(args.prompt)} prompt(s), {out['nfe']} model evaluations, {out['network_calls']} "
+        f"network calls, {time.time() - t0:.1f} s including compilation")
   return out
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jdpm import convert
+from jdpm import convert, parallel
 from jdpm import samplers
 from jdpm.diffusion import VPSchedule
 from jdpm.models import clip_text
@@ -175,7 +175,7 @@ def _batch_sharding(batch):
 def text_to_image(pipeline, prompts=None, *, input_ids=None, context=None, null_context=None,
                   negative_prompt="", negative_input_ids=None,
                   num_images_per_prompt=1, height=None, width=None, steps=20, guidance_scale=7.5,
-                  guidance_window=None, drop_text_last=None, keep="uncond", method="unipc", order=2,
+                  guidance_window=None, drop_text_last=None, keep="uncond", method="unipc", order=None,
                   seed=0, latents=None, decode=True, apply_fn=None, **sampler_kwargs):
   """Generates images from prompts.
 
@@ -199,8 +199,8 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, context=None, null_
       model evaluations, which then make one network call each (None or 0: guide every one).
     keep: what those last evaluations use: "uncond" (the unconditional prediction, as the paper)
       or "cond" (the conditional one).
-    method, order, **sampler_kwargs: ``jdpm.samplers.sample`` options (UniPC order 2 by default,
-      as diffusers' UniPCMultistepScheduler).
+    method, order, **sampler_kwargs: ``jdpm.samplers.sample`` options (order None: 1 for DDIM, else 2,
+      as diffusers' UniPCMultistepScheduler and DPMSolverMultistepScheduler).
     seed: initial-noise seed (the same seed gives the same images).
     latents: optional (B, h, w, c) initial noise instead of the seeded one.
     decode: decode the latents with the VAE.
@@ -244,11 +244,15 @@ def text_to_image(pipeline, prompts=None, *, input_ids=None, context=None, null_
   if latents is None:
     latents = jax.random.normal(jax.random.key(seed), (batch, h, w, c), jnp.float32)
   sharding = _batch_sharding(batch)
+  unet_variables = pipe.unet_variables
   if sharding is not None:
     latents, context = jax.device_put((latents, context), sharding)
+    # Weights restored from a checkpoint live on one device: replicate them onto the batch's devices.
+    unet_variables, null = parallel.on_mesh((unet_variables, null), sharding.mesh)
   plan_kwargs = {k: v for k, v in sampler_kwargs.items() if k not in ("rng", "return_trajectory")}
+  order = order or (1 if method == "ddim" else 2)
   nfe = int(samplers.make_plan(pipe.schedule, method=method, steps=steps, order=order, **plan_kwargs).nfe)
-  noise_fn = make_text_noise_fn(apply_fn or pipe.unet.apply, pipe.unet_variables, pipe.schedule, context,
+  noise_fn = make_text_noise_fn(apply_fn or pipe.unet.apply, unet_variables, pipe.schedule, context,
                                 null, nfe, model_type=pipe.model_type, guidance_scale=guidance_scale,
                                 guidance_window=guidance_window, drop_text_last=drop_text_last, keep=keep)
   x0 = samplers.sample(noise_fn, pipe.schedule, latents, method=method, steps=steps, order=order,
