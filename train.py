@@ -13,6 +13,7 @@ that names it; --verbose shows the full traceback instead.
 """
 
 import logging
+import os
 import re
 import sys
 
@@ -28,6 +29,9 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host, no
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host, non-TPU).")
 flags.DEFINE_bool("allow_batch_size_change", False,
                   "Resume a run with another batch_size (the data order and the learning rate's meaning change).")
+flags.DEFINE_integer("cpu_devices", None,
+                     "CPU only: split the CPU into this many JAX devices (default: one per core, as many as divide "
+                     "the batch; 1: a single device). Ignored on GPU/TPU and when XLA_FLAGS sets a device count.")
 flags.DEFINE_bool("verbose", False, "Full tracebacks for configuration errors, and library INFO logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -86,6 +90,11 @@ def main(argv):
   from jdpm import generate, parallel
   from jdpm.training import trainer
 
+  multi_host = FLAGS.distributed or FLAGS.coordinator or FLAGS.num_processes or any(
+      os.environ.get(k) for k in ("JDPM_DISTRIBUTED", "JDPM_COORDINATOR", "JDPM_NUM_PROCESSES"))
+  if not multi_host:
+    micro_batch = config.batch_size // max(config.grad_accum_steps, 1)
+    parallel.use_cpu_devices(FLAGS.cpu_devices or parallel.cpu_devices_for(micro_batch))
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   force=FLAGS.distributed)
   try:

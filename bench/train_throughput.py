@@ -71,30 +71,79 @@ def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_
   return batch / train_s, batch / infer_s, s["macs"] / 1e9
 
 
+def run(args):
+  """Measures every batch of `args` in this process; (peak FLOP/s, forward GMACs, [(batch, train img/s, train
+  MFU, inference img/s, inference MFU)])."""
+  peak = common.matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+  results = []
+  for b in args.batch:
+    train_ips, infer_ips, gmacs = measure(args.model, b, args.dtype, args.min_time)
+    results.append((b, train_ips, train_ips * 3 * 2 * gmacs * 1e9 / peak, infer_ips, infer_ips * 2 * gmacs * 1e9 / peak))
+  return peak, gmacs, results
+
+
+def compare_cpu_devices(args):
+  """One subprocess per CPU device count, alternating over `args.rounds` rounds; one table (median per row)."""
+  import json
+  import statistics
+  import subprocess
+  runs = {n: [] for n in args.cpu_devices}
+  for _ in range(args.rounds):
+    for n in args.cpu_devices:
+      cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--min-time",
+             str(args.min_time), "--cpu-devices", str(n), "--json", "--batch", *map(str, args.batch)]
+      out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+      runs[n].append(json.loads(out.strip().splitlines()[-1]))
+  rows = ["| model | batch | CPU devices | train img/s | train MFU | inference img/s | inference MFU | peak GFLOP/s |",
+          "|---|---|---|---|---|---|---|---|"]
+  for i, b in enumerate(args.batch):
+    for n in args.cpu_devices:
+      med = lambda k: statistics.median(r["results"][i][k] for r in runs[n])  # noqa: E731
+      peak = statistics.median(r["peak"] for r in runs[n])
+      rows.append(f"| {args.model} | {b} | {n} | {med(1):.2f} | {med(2):.1%} | {med(3):.2f} | {med(4):.1%} | "
+                  f"{peak / 1e9:.0f} |")
+  gmacs = runs[args.cpu_devices[0]][0]["gmacs"]
+  return (f"CPU device counts compared in one run: {args.rounds} alternating rounds, a fresh process each, median "
+          f"per row; each process measures its own {args.dtype} {common.peak_matmul_size()}^3 matmul peak (on one "
+          f"device). Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="DiT-S/2")
   p.add_argument("--batch", type=int, nargs="+", default=[8, 32])
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--min-time", type=float, default=10.0, help="seconds of timing per measurement")
+  p.add_argument("--cpu-devices", type=int, nargs="+", default=None,
+                 help="CPU only: split the CPU into this many JAX devices (the step is data-parallel over them); "
+                      "several counts: compare them, one process each")
+  p.add_argument("--rounds", type=int, default=2, help="alternating rounds when comparing --cpu-devices counts")
+  p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one line of results, for the comparison
   p.add_argument("--no-record", action="store_true", help="print only, do not append to BENCHMARKS.md")
   args = p.parse_args()
 
-  peak = common.matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
-  rows = ["| model | batch | dtype | train img/s | train MFU | inference img/s | inference MFU |",
-          "|---|---|---|---|---|---|---|"]
-  for b in args.batch:
-    train_ips, infer_ips, gmacs = measure(args.model, b, args.dtype, args.min_time)
-    train_mfu = train_ips * 3 * 2 * gmacs * 1e9 / peak
-    infer_mfu = infer_ips * 2 * gmacs * 1e9 / peak
-    rows.append(f"| {args.model} | {b} | {args.dtype} | {train_ips:.2f} | {train_mfu:.1%} | {infer_ips:.2f} | "
-                f"{infer_mfu:.1%} |")
-  body = (f"Peak ({args.dtype} {common.peak_matmul_size()}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
-          f"Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
+  if args.cpu_devices and len(args.cpu_devices) > 1:
+    body, title = compare_cpu_devices(args), f"Training throughput by CPU device count: {args.model}"
+  else:
+    if args.cpu_devices and not parallel.use_cpu_devices(args.cpu_devices[0]):
+      sys.exit(f"--cpu-devices={args.cpu_devices[0]}: the CPU device count is already fixed (XLA_FLAGS?).")
+    peak, gmacs, results = run(args)
+    if args.json:
+      import json
+      print(json.dumps({"peak": peak, "gmacs": gmacs, "results": results}))
+      return
+    rows = ["| model | batch | dtype | devices | train img/s | train MFU | inference img/s | inference MFU |",
+            "|---|---|---|---|---|---|---|---|"]
+    for b, train_ips, train_mfu, infer_ips, infer_mfu in results:
+      rows.append(f"| {args.model} | {b} | {args.dtype} | {jax.device_count()} | {train_ips:.2f} | {train_mfu:.1%} | "
+                  f"{infer_ips:.2f} | {infer_mfu:.1%} |")
+    body = (f"Peak ({args.dtype} {common.peak_matmul_size()}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
+            f"Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
+    title = f"Training throughput and MFU: {args.model}"
   if args.no_record:
     print(body)
   else:
-    common.record(f"Training throughput and MFU: {args.model}", body)
+    common.record(title, body)
 
 
 if __name__ == "__main__":

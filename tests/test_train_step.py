@@ -130,3 +130,18 @@ def test_dit_denoising_steps_equal_on_one_and_eight_devices():
     # A layout bug moves parameters by whole steps (~lr = 1e-3); summation-order noise by far less.
     for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(one)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def test_cpu_devices_divide_the_batch_one_per_core_at_most():
+  assert parallel.cpu_devices_for(8, cores=2) == 2
+  assert parallel.cpu_devices_for(8, cores=16) == 8
+  assert parallel.cpu_devices_for(12, cores=8) == 6
+  assert parallel.cpu_devices_for(7, cores=2) == 1  # an odd batch stays on one device
+  assert parallel.cpu_devices_for(0, cores=4) == 1  # invalid batches are left to the trainer's message
+
+
+def test_cpu_device_count_is_left_alone_once_jax_has_started():
+  jax.devices()
+  before = jax.device_count()
+  assert not parallel.use_cpu_devices(3)
+  assert jax.device_count() == before
