@@ -7,8 +7,8 @@ attention at 8x8 and in the mid block; 1.0M parameters) trained with 10% conditi
 of shape / colour / layout / size. The denoiser predicts v with Min-SNR-5 weighting at batch 8 (as the
 class-conditional tiny recipe, `configs.common.tiny_recipe`: on 2 cores small batches buy more updates). The
 model measured in BENCHMARKS.md ("T2I built-in model, v-prediction") is these two commands, 4,000 + 8,000
-denoiser steps (337 s + 634 s of denoiser training on 2 cores; the text encoder and proxy stages, about 7
-minutes, run once):
+denoiser steps (319 s + 597 s of denoiser training on 2 cores; the text encoder and proxy stages, 44 s and
+17 s, run once):
 
   python -m jdpm.t2i.train --config tiny --workdir runs/t2i_a
   python -m jdpm.t2i.train --config tiny --workdir runs/t2i --continue_from runs/t2i_a --denoiser_steps 8000
