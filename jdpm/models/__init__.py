@@ -10,6 +10,7 @@ The diffusers UNets are the "UNet" family (``unet``): ``create("SD1.5-UNet")``, 
 """
 
 from jdpm.models import amm
+from jdpm.models import class_unet
 from jdpm.models import clip_text
 from jdpm.models import dit
 from jdpm.models import edt
@@ -34,6 +35,7 @@ register("EDT", EDT, edt.PRESETS,
 register("MDTv2", MDTv2, mdt.PRESETS, defaults=mdt.DEFAULTS)
 # diffusers UNets: create("SD1.5-UNet"), or create("UNet", class_name=..., **diffusers config).
 register("UNet", unet.make_unet, unet.PRESETS)
+register("ClassUNet", class_unet.ClassUNet)
 
 __all__ = ["AutoencoderKL", "DiT", "EDT", "MDTv2", "ProxyClassifier", "amm", "clip_text", "count_macs",
            "count_params", "create", "dit", "edt", "family_of", "inception", "known_names", "layers", "mdt",

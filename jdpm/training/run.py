@@ -32,7 +32,8 @@ def model_kwargs(config) -> dict:
   """The keyword arguments of ``jdpm.models.create`` from ``config.model`` (all fields but ``name``)."""
   kwargs = config.model.to_dict()
   kwargs.pop("name")
-  return kwargs
+  # A config read back from config.json has lists where it had tuples; Flax modules must be hashable.
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
 def create_model(config, **overrides):

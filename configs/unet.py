@@ -1,0 +1,23 @@
+"""A class-conditional pixel UNet (`jdpm.models.class_unet.ClassUNet`: diffusers' UNet2DModel with a class
+embedding) on the built-in ``shapes`` data, with the tiny recipe of the transformers.
+
+``get_config("tiny")``: widths (32, 64, 64) at 32x32 / 16x16 / 8x8, one resnet per level, self-attention
+at 16x16; no learned variance (the UNet predicts v only). 1.1 M parameters, as the tiny DiT's 1.3 M, but a
+step costs 4.6x the DiT's on 2 cores (8.7 against 40 steps/s), and at the main job's 6 minutes of training it
+ends far behind (shapes-FID 8.8, accuracy 0.27 against 3.0 and 0.68: BENCHMARKS.md, "First-run quality ...
+part 4"). It is here for that comparison and for users with faster machines.
+"""
+
+import ml_collections
+
+from configs.common import base_config, tiny_recipe
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg != "tiny":
+    raise ValueError(f"unknown UNet config {arg!r}; choose tiny.")
+  c = base_config()
+  c.model = ml_collections.ConfigDict(dict(
+      name="ClassUNet", input_size=32, in_channels=3, num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
+      block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=16, norm_num_groups=8))
+  return tiny_recipe(c)

@@ -1,0 +1,45 @@
+"""The class-conditional pixel UNet behind `configs/unet.py`: the denoiser fields the trainer and samplers
+read, its output channels, that the label (and the null class) changes the output, and that its config
+survives the trip through config.json (tuples come back as lists; Flax modules must be hashable)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import jdpm
+from configs import unet as unet_configs
+from jdpm.training import run
+
+
+def _small(**kw):
+  return jdpm.models.create("ClassUNet", block_out_channels=(8, 16), layers_per_block=1,
+                            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                            up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+                            norm_num_groups=4, input_size=8, **kw)
+
+
+def test_denoiser_fields_and_label_dependence():
+  model = _small(num_classes=3)
+  assert model.null_condition == 3 and model.sample_shape == (8, 8, 3)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  t = jnp.array([1.0, 100.0, 500.0, 999.0])
+  variables = jax.jit(model.init)(jax.random.key(1), x, t, jnp.zeros((4,), jnp.int32))
+  # The class table starts random (nn.Embed), so labels 0, 1 and the null class 3 differ from the start.
+  out = {y: np.asarray(model.apply(variables, x, t, jnp.full((4,), y))) for y in (0, 1, 3)}
+  assert out[0].shape == (4, 8, 8, 3)
+  assert not np.allclose(out[0], out[1]) and not np.allclose(out[0], out[3])
+  sigma = _small(num_classes=3, learn_sigma=True)
+  v2 = jax.jit(sigma.init)(jax.random.key(1), x, t, jnp.zeros((4,), jnp.int32))
+  assert sigma.apply(v2, x, t, jnp.zeros((4,), jnp.int32)).shape == (4, 8, 8, 6)
+
+
+def test_config_survives_config_json():
+  config = unet_configs.get_config("tiny")
+  reread = ml_collections.ConfigDict(json.loads(config.to_json()))
+  assert isinstance(reread.model.block_out_channels, list)
+  model = run.create_model(reread)
+  assert model.block_out_channels == (32, 64, 64)
+  hash(model)
