@@ -3,7 +3,8 @@
 ``ClassUNet`` is diffusers' ``UNet2DModel`` (`jdpm.models.unet`) with a class-embedding table of
 ``num_classes + 1`` rows (the last is the null class of classifier-free guidance, as DiT's) added to the
 timestep embedding, and the fields the trainer and samplers read from a denoiser: ``input_size``,
-``in_channels``, ``num_classes``, ``learn_sigma`` and ``null_condition``.
+``in_channels``, ``num_classes``, ``learn_sigma`` and the properties of `layers.DenoiserGeometry`
+(``sample_shape``, ``null_condition``, ``out_channels``), as the transformers have them.
 """
 
 from collections.abc import Sequence
@@ -11,10 +12,10 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jdpm.models import unet
+from jdpm.models import layers, unet
 
 
-class ClassUNet(nn.Module):
+class ClassUNet(nn.Module, layers.DenoiserGeometry):
   """``apply(variables, x, t, y)``: x (B, H, W, C) in [-1, 1], t (B,) timesteps, y (B,) int labels in
   [0, num_classes] (num_classes: the null class) → (B, H, W, C), or 2C channels with ``learn_sigma``."""
   input_size: int = 32
@@ -30,20 +31,11 @@ class ClassUNet(nn.Module):
   norm_num_groups: int = 8
   dtype: jnp.dtype = jnp.float32
 
-  @property
-  def sample_shape(self):
-    """(H, W, C) of one sample."""
-    return (self.input_size, self.input_size, self.in_channels)
-
-  @property
-  def null_condition(self):
-    return self.num_classes
-
   @nn.compact
   def __call__(self, x, t, y, **unused):
     del unused  # the transformers' sampling options (amm, ...) do not apply to a UNet
     net = unet.UNet2DModel(sample_size=self.input_size, in_channels=self.in_channels,
-                           out_channels=self.in_channels * (2 if self.learn_sigma else 1),
+                           out_channels=self.out_channels,
                            block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
                            down_block_types=tuple(self.down_block_types), up_block_types=tuple(self.up_block_types),
                            attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,

@@ -22,22 +22,16 @@ Dtype = Any
 xavier_uniform = nn.initializers.xavier_uniform()
 
 
-class PatchDenoiserGeometry:
-  """Shape and condition properties shared by the patch-based denoisers (DiT, EDT, MDTv2).
+class DenoiserGeometry:
+  """Shape and condition properties of a class-conditional pixel/latent denoiser (DiT, EDT, MDTv2, ClassUNet).
 
-  Mixed into a Flax module with the attributes input_size, patch_size, in_channels, learn_sigma and
-  num_classes.
+  Mixed into a Flax module with the attributes input_size, in_channels, learn_sigma and num_classes.
   """
 
   @property
   def out_channels(self):
     """2C output channels (eps and variance) with a learned sigma, else C."""
     return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-  @property
-  def grid_size(self):
-    """Side of the (first) token grid: input_size / patch_size."""
-    return self.input_size // self.patch_size
 
   @property
   def sample_shape(self):
@@ -49,6 +43,15 @@ class PatchDenoiserGeometry:
     """The null condition of the class label: the null class ``num_classes`` (see
     ``jdpm.diffusion.conditioning``)."""
     return self.num_classes
+
+
+class PatchDenoiserGeometry(DenoiserGeometry):
+  """`DenoiserGeometry` of the patch-based denoisers (DiT, EDT, MDTv2), which also have a patch_size."""
+
+  @property
+  def grid_size(self):
+    """Side of the (first) token grid: input_size / patch_size."""
+    return self.input_size // self.patch_size
 
 
 zeros = nn.initializers.zeros
