@@ -13,7 +13,6 @@ that names it; --verbose shows the full traceback instead.
 """
 
 import logging
-import os
 import re
 import sys
 
@@ -90,9 +89,8 @@ def main(argv):
   from jdpm import generate, parallel
   from jdpm.training import trainer
 
-  multi_host = FLAGS.distributed or FLAGS.coordinator or FLAGS.num_processes or any(
-      os.environ.get(k) for k in ("JDPM_DISTRIBUTED", "JDPM_COORDINATOR", "JDPM_NUM_PROCESSES"))
-  if not multi_host:
+  if not parallel.distributed_requested(FLAGS.coordinator, FLAGS.num_processes, force=FLAGS.distributed):
+    # One JAX device per core (multi-host runs keep the count their launcher gives).
     micro_batch = config.batch_size // max(config.grad_accum_steps, 1)
     parallel.use_cpu_devices(FLAGS.cpu_devices or parallel.cpu_devices_for(micro_batch))
   parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,

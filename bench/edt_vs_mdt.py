@@ -28,7 +28,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.train_throughput import measure  # noqa: E402
+from bench.train_throughput import measure, mfu  # noqa: E402
 from jdpm.training.edt_masking import EDTMaskingObjective  # noqa: E402
 from jdpm.training.mdt_masking import MaskedDenoisingObjective  # noqa: E402
 from jdpm.training.objectives import DenoisingObjective  # noqa: E402
@@ -85,8 +85,8 @@ def main():
   rows = ["| model | batch | GMACs/img | train img/s | train MFU | inference img/s | inference MFU |",
           "|---|---|---|---|---|---|---|"]
   for (family, b), (train_ips, infer_ips, gmacs, passes) in results.items():
-    train_mfu = train_ips * passes * 3 * 2 * gmacs * 1e9 / peak
-    infer_mfu = infer_ips * 2 * gmacs * 1e9 / peak
+    train_mfu = mfu(train_ips, gmacs, peak, passes * 3)
+    infer_mfu = mfu(infer_ips, gmacs, peak)
     rows.append(f"| {family}-{args.size}/2 | {b} | {gmacs:.2f} | {train_ips:.2f} | {train_mfu:.1%} | "
                 f"{infer_ips:.2f} | {infer_mfu:.1%} |")
   ratio_rows = ["| batch | EDT/MDTv2 train | expected | EDT/MDTv2 inference | expected | EDT/DiT train | "

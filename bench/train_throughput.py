@@ -71,6 +71,12 @@ def measure(model_name, batch, dtype, min_time, objective_factory=None, **model_
   return batch / train_s, batch / infer_s, s["macs"] / 1e9
 
 
+def mfu(images_per_s, gmacs, peak, forwards=1):
+  """Model FLOP utilisation at `forwards` forward passes per image (a training step counts 3: forward +
+  backward), 2 FLOPs per multiply-accumulate."""
+  return images_per_s * forwards * 2 * gmacs * 1e9 / peak
+
+
 def run(args):
   """Measures every batch of `args` in this process; (peak FLOP/s, forward GMACs, [(batch, train img/s, train
   MFU, inference img/s, inference MFU)])."""
@@ -78,7 +84,7 @@ def run(args):
   results = []
   for b in args.batch:
     train_ips, infer_ips, gmacs = measure(args.model, b, args.dtype, args.min_time)
-    results.append((b, train_ips, train_ips * 3 * 2 * gmacs * 1e9 / peak, infer_ips, infer_ips * 2 * gmacs * 1e9 / peak))
+    results.append((b, train_ips, mfu(train_ips, gmacs, peak, 3), infer_ips, mfu(infer_ips, gmacs, peak)))
   return peak, gmacs, results
 
 
@@ -103,8 +109,8 @@ def compare_cpu_devices(args):
   for i, b in enumerate(args.batch):
     for n in args.cpu_devices:
       med = lambda k: statistics.median(r["results"][i][k] for r in runs[n])  # noqa: E731
-      rows.append(f"| {args.model} | {b} | {n} | {med(1):.2f} | {med(1) * 6 * gmacs * 1e9 / peak:.1%} | "
-                  f"{med(3):.2f} | {med(3) * 2 * gmacs * 1e9 / peak:.1%} |")
+      rows.append(f"| {args.model} | {b} | {n} | {med(1):.2f} | {mfu(med(1), gmacs, peak, 3):.1%} | "
+                  f"{med(3):.2f} | {mfu(med(3), gmacs, peak):.1%} |")
   peaks = ", ".join(f"{n} device(s): " + " / ".join(f"{r['peak'] / 1e9:.0f}" for r in runs[n]) for n in runs)
   return (f"CPU device counts compared in one run: {args.rounds} alternating rounds, a fresh process each, median "
           f"per row. Peak: the highest {args.dtype} {common.peak_matmul_size()}^3 matmul rate of the run's "

@@ -104,10 +104,8 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   of processes and this process's id come from the arguments or from the environment variables
   JDPM_COORDINATOR, JDPM_NUM_PROCESSES and JDPM_PROCESS_ID.
   """
-  coordinator_address = coordinator_address or os.environ.get("JDPM_COORDINATOR")
-  num_processes = num_processes or _int_env("JDPM_NUM_PROCESSES")
-  process_id = process_id if process_id is not None else _int_env("JDPM_PROCESS_ID")
-  on_tpu_pod = force or os.environ.get("JDPM_DISTRIBUTED") == "1"
+  coordinator_address, num_processes, process_id, on_tpu_pod = _distributed_settings(
+      coordinator_address, num_processes, process_id, force)
   if coordinator_address is None and num_processes is None and not on_tpu_pod:
     return
   if coordinator_address is not None and (num_processes is None or process_id is None):
@@ -120,6 +118,22 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
                              process_id=process_id)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _distributed_settings(coordinator_address, num_processes, process_id, force):
+  """(coordinator, number of processes, process id, TPU pod?) from the arguments, else the environment."""
+  coordinator_address = coordinator_address or os.environ.get("JDPM_COORDINATOR")
+  num_processes = num_processes or _int_env("JDPM_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _int_env("JDPM_PROCESS_ID")
+  on_tpu_pod = force or os.environ.get("JDPM_DISTRIBUTED") == "1"
+  return coordinator_address, num_processes, process_id, on_tpu_pod
+
+
+def distributed_requested(coordinator_address=None, num_processes=None, *, force=False) -> bool:
+  """Whether `initialize_distributed` with these arguments (and the environment) starts multi-host JAX."""
+  coordinator_address, num_processes, _, on_tpu_pod = _distributed_settings(
+      coordinator_address, num_processes, None, force)
+  return coordinator_address is not None or num_processes is not None or on_tpu_pod
 
 
 def cores_available() -> int:
@@ -148,8 +162,8 @@ def use_cpu_devices(count: int) -> bool:
 
   Why: XLA:CPU runs a program's ops one after another, each on one core (only large matmuls use more), so
   a single CPU device leaves the other cores idle for most of a training step. With one device per core the
-  data-parallel step splits the batch and every core works: on 2 cores the tiny DiT trains 24% and DiT-S/2
-  17% faster (BENCHMARKS.md, "Training step on CPU"). GPU and TPU devices are not affected.
+  data-parallel step splits the batch and every core works: on 2 cores DiT-S/2 trains 17-19% faster and the
+  main job's tiny DiT 11-14% (BENCHMARKS.md, "... by CPU device count"). GPU and TPU devices are not affected.
 
   Must run before JAX's first operation: afterwards, and when XLA_FLAGS or an earlier call already fixed
   the CPU device count, nothing changes and the result is False.
