@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict(dict(name="shapes", data_dir="", random_flip=True, worker_count=0))
   c.diffusion = ml_collections.ConfigDict(dict(
-      num_timesteps=1000, beta_schedule="linear", learn_sigma=True, min_snr_gamma=0.0,
+      num_timesteps=1000, beta_schedule="linear", learn_sigma=True, min_snr_gamma=0.0, min_snr_offset=0.0,
       timestep_sampler="uniform", mask_loss=False, prediction="epsilon"))
   c.optimizer = ml_collections.ConfigDict(dict(
       optimizer="adamw", lr=1e-4, schedule="constant", warmup_steps=0, end_lr=5e-5, decay_steps=400_000,

@@ -223,7 +223,8 @@ def test_x0_and_v_prediction_losses():
 
   For an eps prediction e, the equivalent x0 and v predictions have errors (e - eps) / sqrt(snr) and
   (e - eps) / sqrt(alpha_bar), so mse_x0 = mse_eps / snr and mse_v = mse_eps / alpha_bar; min(snr, g) / snr,
-  min(snr, g) and min(snr, g) / (snr + 1) turn all three into min(snr, g) mse_x0.
+  min(snr, g) and min(snr, g) / (snr + 1) turn all three into min(snr, g) mse_x0. With an offset c the x0
+  weight is min(snr, g) + c for all three; c = 1 makes the v weight min(1, (g + 1) / (snr + 1)).
   """
   rng = np.random.default_rng(1)
   x0, noise = (jnp.asarray(rng.normal(size=(4, 4, 4, 3)), jnp.float32) for _ in range(2))
@@ -240,7 +241,7 @@ def test_x0_and_v_prediction_losses():
   # v's definition: x0 = sqrt(abar) x_t - sqrt(1 - abar) v.
   np.testing.assert_allclose(base.predict_xstart_from_v(x_t, t, targets["v"]), x0, atol=2e-5)
 
-  terms, weighted = {}, {}
+  terms, weighted, offset = {}, {}, {}
   for kind, diffusion in diffusions.items():
     assert diffusion.mean_type == kind
     perfect = lambda x, tt, kind=kind: jnp.concatenate([targets[kind], -jnp.ones_like(var)], -1)
@@ -251,6 +252,7 @@ def test_x0_and_v_prediction_losses():
     model_fn = lambda x, tt, kind=kind: jnp.concatenate([predictions[kind], var], -1)
     terms[kind] = diffusion.training_losses(model_fn, x0, t, noise)
     weighted[kind] = diffusion.training_losses(model_fn, x0, t, noise, min_snr_gamma=5.0)["mse"]
+    offset[kind] = diffusion.training_losses(model_fn, x0, t, noise, min_snr_gamma=5.0, min_snr_offset=1.0)["mse"]
 
   alphas_cumprod = base.alphas_cumprod[np.asarray(t)]
   snr = alphas_cumprod / (1 - alphas_cumprod)
@@ -260,6 +262,9 @@ def test_x0_and_v_prediction_losses():
     np.testing.assert_allclose(terms[kind]["vb"], terms["epsilon"]["vb"], rtol=1e-3)
     np.testing.assert_allclose(weighted[kind], weighted["epsilon"], rtol=1e-4)
   np.testing.assert_allclose(weighted["x0"], np.minimum(snr, 5.0) * terms["x0"]["mse"], rtol=1e-4)
+  for kind in ("epsilon", "x0", "v"):
+    np.testing.assert_allclose(offset[kind], (np.minimum(snr, 5.0) + 1.0) * terms["x0"]["mse"], rtol=1e-4)
+  np.testing.assert_allclose(offset["v"], np.minimum(1.0, 6.0 / (snr + 1)) * terms["v"]["mse"], rtol=1e-4)
 
 
 def test_discretized_gaussian_log_likelihood_sums_to_one():

@@ -347,10 +347,11 @@ class GaussianDiffusion:
     sample = out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise
     return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-  def training_losses(self, model_fn, x_start, t, noise, *, model_kwargs=None, min_snr_gamma=None):
+  def training_losses(self, model_fn, x_start, t, noise, *, model_kwargs=None, min_snr_gamma=None,
+                      min_snr_offset=0.0):
     """Per-example training losses; see `jdpm.diffusion.losses.training_losses`."""
     return losses.training_losses(self, model_fn, x_start, t, noise, model_kwargs=model_kwargs,
-                                  min_snr_gamma=min_snr_gamma)
+                                  min_snr_gamma=min_snr_gamma, min_snr_offset=min_snr_offset)
 
 
 def create_diffusion(timestep_respacing="", *, noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,

@@ -41,12 +41,16 @@ def vb_terms_bpd(diffusion, model_output, x_start, x_t, t, *, clip_denoised=Fals
   return {"output": jnp.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
 
-def min_snr_weight(snr, gamma, mean_type="epsilon"):
+def min_snr_weight(snr, gamma, mean_type="epsilon", offset=0.0):
   """The Min-SNR-gamma loss weight for a regression on `mean_type`'s target.
 
   Min-SNR weights the x_0 error by min(SNR, gamma). The eps and v errors equal the x_0 error times 1/SNR
   and 1/(SNR + 1) respectively, so their weights are min(SNR, gamma) / SNR (what EDT trains with, gamma = 5)
   and min(SNR, gamma) / (SNR + 1).
+
+  With an `offset` the x_0 error is weighted by min(SNR, gamma) + offset instead: the high-noise steps, whose
+  Min-SNR weight tends to 0, keep at least `offset`. Offset 1 with v-prediction is the plain v loss clipped at
+  SNR gamma (weight 1 up to SNR gamma, (gamma + 1) / (SNR + 1) above).
 
   Args:
     snr: (B,) alpha_bar / (1 - alpha_bar).
@@ -55,7 +59,7 @@ def min_snr_weight(snr, gamma, mean_type="epsilon"):
   Returns:
     (B,) weights.
   """
-  clamped = jnp.minimum(snr, gamma)
+  clamped = jnp.minimum(snr, gamma) + offset
   if mean_type == "epsilon":
     return clamped / snr
   if mean_type == "x0":
@@ -65,7 +69,8 @@ def min_snr_weight(snr, gamma, mean_type="epsilon"):
   raise ValueError(f"mean_type must be 'epsilon', 'x0' or 'v'; got {mean_type!r}.")
 
 
-def training_losses(diffusion, model_fn, x_start, t, noise, *, model_kwargs=None, min_snr_gamma=None):
+def training_losses(diffusion, model_fn, x_start, t, noise, *, model_kwargs=None, min_snr_gamma=None,
+                    min_snr_offset=0.0):
   """Per-example losses of one training step at timesteps t.
 
   x_t = q_sample(x_start, t, noise) is fed to ``model_fn(x_t, timestep_map[t], **model_kwargs)``. Then, by
@@ -88,6 +93,7 @@ def training_losses(diffusion, model_fn, x_start, t, noise, *, model_kwargs=None
     noise: standard normal noise shaped like x_start.
     model_kwargs: extra keyword arguments for model_fn (e.g. class labels).
     min_snr_gamma: if set (EDT uses 5.0), apply Min-SNR-gamma weighting to "mse".
+    min_snr_offset: added to the Min-SNR weight of the x_0 error (see `min_snr_weight`).
   Returns:
     a dict of (B,) arrays: "mse", "vb" (only with a learned variance), "loss" for MSE losses; "vb" and "loss"
     for KL losses.
@@ -122,7 +128,8 @@ def training_losses(diffusion, model_fn, x_start, t, noise, *, model_kwargs=None
     target = diffusion.v_target(x_start, t, noise)
   mse = likelihoods.mean_flat(jnp.square(target - prediction))
   if min_snr_gamma is not None:
-    mse = min_snr_weight(diffusion.snr(t), min_snr_gamma, diffusion.mean_type).astype(mse.dtype) * mse
+    mse = min_snr_weight(diffusion.snr(t), min_snr_gamma, diffusion.mean_type,
+                         min_snr_offset).astype(mse.dtype) * mse
   terms["mse"] = mse
   terms["loss"] = mse + terms["vb"] if "vb" in terms else mse
   return terms

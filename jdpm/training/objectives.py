@@ -89,6 +89,7 @@ class DenoisingObjective:
     class_dropout_prob: probability of replacing an example's condition by the null condition
       (classifier-free guidance), drawn per example.
     min_snr_gamma: Min-SNR-gamma weighting of the mse term (EDT/MDTv2 use 5); 0 = off.
+    min_snr_offset: added to the Min-SNR weight of the x_0 error (`jdpm.diffusion.losses.min_snr_weight`).
     condition_keys: the batch keys that form the condition: one key gives that array (class labels for
       DiT), several give a dict {key: batch[key]} (e.g. ("label", "context")); () for an unconditional
       model.
@@ -103,6 +104,7 @@ class DenoisingObjective:
   timestep_sampler: str = "uniform"
   class_dropout_prob: float = 0.1
   min_snr_gamma: float = 0.0
+  min_snr_offset: float = 0.0
   condition_keys: tuple = ("label",)
   null: Any = None
 
@@ -124,7 +126,8 @@ class DenoisingObjective:
       raise ValueError(f"config.{cls.name} has unknown fields {unknown}; known: {sorted(fields - {'model'})}.")
     args = dict(diffusion=training_diffusion(config, model), timestep_sampler=config.diffusion.timestep_sampler,
                 class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
-                min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0))
+                min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0),
+                min_snr_offset=config.diffusion.get("min_snr_offset", 0.0))
     args.update(own)
     args.update(kwargs)
     return cls(model, **args)
@@ -178,7 +181,8 @@ class DenoisingObjective:
     """One denoising pass with the batch's noise and drops: per-example (weighted loss, raw loss, aux)."""
     terms = self.diffusion.training_losses(self.model_fn(params, batch, **call_kwargs), batch["image"],
                                            batch["t"], batch["noise"].astype(batch["image"].dtype),
-                                           min_snr_gamma=self.min_snr_gamma or None)
+                                           min_snr_gamma=self.min_snr_gamma or None,
+                                           min_snr_offset=self.min_snr_offset)
     losses = terms["loss"].astype(jnp.float32)
     aux = {k: v.astype(jnp.float32) for k, v in terms.items() if k != "loss"}
     return losses * batch["weights"], losses, aux
