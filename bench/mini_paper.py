@@ -1,16 +1,16 @@
 """A CPU-sized reproduction of the EDT comparison: tiny EDT, MDTv2 and DiT on `shapes`, same wall-clock budget.
 
-  python bench/mini_paper.py                          # 4 minutes of training per model, 1000 samples each
-  python bench/mini_paper.py --budget-minutes 8 --num-samples 2000 --seed 1
+  python bench/mini_paper.py                          # 15 minutes of training per model, 1000 samples each
+  python bench/mini_paper.py --budget-minutes 4 --families DiT --no-record   # a quick look
 
 Each model is its family's `tiny` config (configs/{edt,mdt,dit}.py, with its own training recipe: EDT's token
 relation-enhanced masking, MDTv2's mask latent modelling, DiT's plain loss) resized to about the same parameter
 count (EDT D0 60, MDTv2 width 116, DiT width 136: 1.41-1.45 M). Each trains for the same number of seconds
-(compilation excluded) on the same data order, then draws `--num-samples` class-conditional samples (labels
-0..9 in turn) with UniPC at 10 steps, with and without the Attention Modulation Matrix (EDT: its configured
-blocks 7 and 10; DiT and MDTv2: a placement scaled from the official DiT-XL / MDTv2-S ones). Quality is
-shapes-FID and class accuracy under the saved proxy classifier (`jdpm.eval.proxy`); the real-vs-real
-shapes-FID of the same number of test images is the floor.
+(compilation excluded) on the same data order, with one JAX device per CPU core as `train.py` does, then draws
+`--num-samples` class-conditional samples (labels 0..9 in turn) with UniPC at 10 steps, with and without the
+Attention Modulation Matrix (EDT: its configured blocks 7 and 10; DiT and MDTv2: a placement scaled from the
+official DiT-XL / MDTv2-S ones). Quality is shapes-FID and class accuracy under the saved proxy classifier
+(`jdpm.eval.proxy`); the real-vs-real shapes-FID of the same number of test images is the floor.
 
 The paper predicts: EDT reaches the lowest FID per unit of training time, and AMM improves EDT's samples.
 The table says whether that holds here.
@@ -55,7 +55,8 @@ def model_config(family, args, workdir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--budget-minutes", type=float, default=4.0, help="training time per model")
+  p.add_argument("--budget-minutes", type=float, default=15.0,
+                 help="training time per model (15: long enough for the main job's DiT to draw shapes)")
   p.add_argument("--num-samples", type=int, default=1000)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--families", default="EDT,MDTv2,DiT")
@@ -64,6 +65,9 @@ def main():
   p.add_argument("--no-record", action="store_true")
   args = p.parse_args()
 
+  from jdpm import parallel
+  # Before JAX starts: one CPU device per core, as train.py (no effect on GPU/TPU).
+  parallel.use_cpu_devices(parallel.cpu_devices_for(dit_config.get_config("tiny").batch_size))
   import jax
   from jdpm import generate, models
   from jdpm.eval import proxy
