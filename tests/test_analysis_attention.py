@@ -14,6 +14,7 @@ from jdpm import pipelines
 from jdpm.analysis import attention, eos
 from jdpm.models import unet as unet_lib
 from jdpm.t2i import bundle, models
+from tests.random_weights import random_variables
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,7 @@ def tiny():
   text_vars = jax.jit(text.init)(jax.random.key(1), ids)
   context = jax.jit(text.apply)(text_vars, ids)["last_hidden_state"]
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 16, 16, 3)), jnp.float32)
-  # Random variables of the right shapes without compiling the UNet's init (the forward pass).
-  shapes = jax.eval_shape(unet.init, jax.random.key(3), x, jnp.zeros((2,)), context)
-  leaves, treedef = jax.tree.flatten(shapes)
-  rng = np.random.default_rng(3)
-  unet_vars = treedef.unflatten([jnp.asarray(0.2 * rng.standard_normal(l.shape), l.dtype) for l in leaves])
+  unet_vars = random_variables(unet, x, jnp.zeros((2,)), context, seed=3, scale=0.2)
   return dict(config=config, unet=unet, text=text, tok=tok, ids=ids, text_vars=text_vars, context=context,
               x=x, unet_vars=unet_vars)
 

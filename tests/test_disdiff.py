@@ -10,13 +10,7 @@ from jdpm.disentangle import losses
 from jdpm.disentangle.encoder import FactorEncoder
 from jdpm.disentangle.shift_unet import FROZEN_UNET_PATTERNS, ShiftUNet
 from jdpm.training import freeze
-
-
-def _random_like(shapes, seed):
-  """Random values for a tree of shapes (no forward pass: eager initialisation is slow on CPU). Every
-  parameter is non-zero, so no zero-initialised layer hides the gradients upstream of it."""
-  rs = np.random.RandomState(seed)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(0.2 * rs.randn(*s.shape), jnp.float32), shapes)
+from tests.random_weights import random_like
 
 
 def test_only_encoder_decoder_and_embeddings_receive_gradients():
@@ -27,9 +21,9 @@ def test_only_encoder_decoder_and_embeddings_receive_gradients():
   enc = FactorEncoder(width=8, latent_unit=2, factor_dim=4)
   x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
   t = jnp.array([100, 700])
-  unet_params = _random_like(jax.eval_shape(unet.init, jax.random.PRNGKey(1), x, t, jnp.zeros((2, 8)))["params"], 1)
+  unet_params = random_like(jax.eval_shape(unet.init, jax.random.PRNGKey(1), x, t, jnp.zeros((2, 8)))["params"], 1, 0.2)
   enc_shapes = jax.eval_shape(enc.init, jax.random.PRNGKey(2), x)
-  enc_params = _random_like(enc_shapes["params"], 2)
+  enc_params = random_like(enc_shapes["params"], 2, 0.2)
   stats = {"batch_stats": jax.tree_util.tree_map(lambda s: jnp.ones(s.shape), enc_shapes["batch_stats"])}
   noise = jnp.asarray(np.random.RandomState(5).randn(*x.shape), jnp.float32)
   sched = losses.LDMSchedule.linear()

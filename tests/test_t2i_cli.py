@@ -3,7 +3,6 @@ acceleration (exact network-call count) and without. The workdir is written as `
 one (config.json, a checkpoint with the denoiser, the proxy and the frozen text encoder), with random weights:
 training it, even at the `test` config's 3 steps a stage, costs a minute of compilation."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,13 +11,7 @@ import sample
 from configs import t2i
 from jdpm.t2i import bundle, models
 from jdpm.training import checkpoint
-
-
-def _random_variables(module, *args):
-  """Variables of `module` with `args`' shapes, without compiling its init."""
-  leaves, treedef = jax.tree.flatten(jax.eval_shape(module.init, jax.random.key(0), *args))
-  rng = np.random.default_rng(0)
-  return treedef.unflatten([jnp.asarray(0.1 * rng.standard_normal(l.shape), l.dtype) for l in leaves])
+from tests.random_weights import random_variables
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +19,9 @@ def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp("t2i") / "run"
   config = t2i.get_config("test")
   ids = models.tokenizer(config).encode(["a red ring"])
-  text_vars = _random_variables(models.text_encoder(config), ids)
+  text_vars = random_variables(models.text_encoder(config), ids)
   context = jnp.zeros((1, config.context_length, config.text.hidden_size))
-  unet_vars = _random_variables(models.denoiser(config), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), context)
+  unet_vars = random_variables(models.denoiser(config), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), context)
   with checkpoint.Checkpointer(path / "checkpoints", async_save=False) as ckpt:
     ckpt.save(config.denoiser.steps, {"unet": unet_vars, "proxy": {"w": jnp.zeros(2)}},
               frozen={"text": text_vars}, force=True)
