@@ -77,7 +77,7 @@ def tiny_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # equal training time.
   c.diffusion.prediction = "v"
   c.batch_size = 8
-  c.total_steps = 14_000  # the tiny DiT runs ~40 steps/s on 2 cores (one device per core): about 6 minutes
+  c.total_steps = 14_000  # the tiny DiT runs 35-40 steps/s on 2 cores (one device per core): 6-7 minutes
   c.ema_decay = 0.999
   c.ema_warmup = True
   c.log_every = 200
