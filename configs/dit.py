@@ -3,7 +3,7 @@
 ``get_config(arg)`` with arg one of:
   tiny  a small DiT in pixel space on the built-in ``shapes`` data (32x32 RGB, 10 classes); trains on a
         2-core CPU in 6-7 minutes (the README's main job).
-  tiny_long  the same model trained 40,000 steps with a decaying rate (18 minutes on 2 cores).
+  tiny_long  the same model trained 40,000 steps with a decaying rate (18-19 minutes on 2 cores).
   S, B, L, XL  the paper's DiT-{S,B,L,XL}/2 on ImageNet 256 latents (32x32x4 from the SD VAE): AdamW 1e-4
         constant, no weight decay, global batch 256, EMA 0.9999, 1000 linear-beta steps, learned sigma,
         CFG 1.5 at sampling. Needs the latent dataset ``imagenet2012_latents`` (see README).
