@@ -93,7 +93,7 @@ def tiny_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def tiny_long_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``tiny_long``: the tiny recipe trained ~3x longer (18 minutes on 2 cores), the rate decayed to a tenth.
+  """``tiny_long``: the tiny recipe trained ~3x longer (18-19 minutes on 2 cores), the rate decayed to a tenth.
 
   For users who wait: the longer run keeps sharpening the shapes that the short one only sketches.
   """
