@@ -116,6 +116,7 @@ def _train_small_dit(data_dir, steps):
   # Noise prediction, as when the numbers below were measured: in its first few hundred steps a v model's
   # samples are smooth blurs that these features rank no better than noise (84 -> 80 after 250 steps).
   c.diffusion.prediction = "epsilon"
+  c.diffusion.min_snr_offset = 0.0  # the recipe's offset is for v-prediction (and came after these numbers)
   info = data_lib.dataset_info("shapes", data_dir=data_dir)
   model = trainer_lib.create_model(c)
   objective = trainer_lib.make_objective(c, model)

@@ -54,7 +54,8 @@ def _first_step_passes(config, family):
     fn = lambda x_t, t: run.model.apply({"params": state.params}, x_t, t, drawn["label"],
                                         force_drop_ids=drop, **kwargs)
     return objective.diffusion.training_losses(fn, drawn["image"], drawn["t"], noise,
-                                               min_snr_gamma=objective.min_snr_gamma or None)["loss"]
+                                               min_snr_gamma=objective.min_snr_gamma or None,
+                                               min_snr_offset=objective.min_snr_offset)["loss"]
 
   full = pass_loss(drawn["noise"], drawn["drop"])
   masked_loss = pass_loss(masked["noise"], masked["drop"], **masks)

@@ -132,6 +132,21 @@ def test_dit_denoising_steps_equal_on_one_and_eight_devices():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
+def test_min_snr_offset_needs_min_snr_and_a_bounded_target():
+  import jdpm
+  from jdpm import diffusion
+  from jdpm.training.objectives import DenoisingObjective
+
+  model = jdpm.models.create("DiT", hidden_size=32, depth=1, num_heads=2, patch_size=8, input_size=16,
+                             in_channels=3, num_classes=4)
+  v = diffusion.create_diffusion("", predict_v=True)
+  assert DenoisingObjective(model=model, diffusion=v, min_snr_gamma=5.0, min_snr_offset=1.0).min_snr_offset == 1
+  with pytest.raises(ValueError, match="Min-SNR is off"):
+    DenoisingObjective(model=model, diffusion=v, min_snr_offset=1.0)
+  with pytest.raises(ValueError, match="prediction='v' or 'x0'"):
+    DenoisingObjective(model=model, diffusion=diffusion.create_diffusion(""), min_snr_gamma=5.0, min_snr_offset=1.0)
+
+
 def test_cpu_devices_divide_the_batch_one_per_core_at_most():
   assert parallel.cpu_devices_for(8, cores=2) == 2
   assert parallel.cpu_devices_for(8, cores=16) == 8

@@ -50,7 +50,8 @@ def min_snr_weight(snr, gamma, mean_type="epsilon", offset=0.0):
 
   With an `offset` the x_0 error is weighted by min(SNR, gamma) + offset instead: the high-noise steps, whose
   Min-SNR weight tends to 0, keep at least `offset`. Offset 1 with v-prediction is the plain v loss clipped at
-  SNR gamma (weight 1 up to SNR gamma, (gamma + 1) / (SNR + 1) above).
+  SNR gamma (weight 1 up to SNR gamma, (gamma + 1) / (SNR + 1) above). With eps-prediction the offset makes
+  the weight unbounded at high noise ((gamma + offset) / SNR); `DenoisingObjective` refuses that pairing.
 
   Args:
     snr: (B,) alpha_bar / (1 - alpha_bar).

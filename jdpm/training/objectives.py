@@ -112,6 +112,14 @@ class DenoisingObjective:
     object.__setattr__(self, "condition_keys", tuple(self.condition_keys))
     if self.null is None and self.condition_keys:
       object.__setattr__(self, "null", getattr(self.model, "null_condition", None))
+    if self.min_snr_offset and not self.min_snr_gamma:
+      raise ValueError(f"min_snr_offset={self.min_snr_offset} is added to the Min-SNR weight, but Min-SNR is off "
+                       f"(min_snr_gamma=0): set config.diffusion.min_snr_gamma (e.g. 5) or drop the offset.")
+    if self.min_snr_offset and self.diffusion.mean_type == "epsilon":
+      # The noise error's weight is (min(SNR, gamma) + offset) / SNR: about 25,000 x offset at the last step of
+      # the linear schedule.
+      raise ValueError(f"min_snr_offset={self.min_snr_offset} with noise prediction gives the noisiest steps "
+                       f"weights of thousands: use it with config.diffusion.prediction='v' or 'x0', or drop it.")
     if self.class_dropout_prob > 0 and self.condition_keys and self.null is None:
       raise ValueError(f"class_dropout_prob={self.class_dropout_prob} needs a null condition: give null= or "
                        f"a model with a null_condition (for DiT/EDT/MDTv2: class_dropout_prob > 0).")
