@@ -68,9 +68,9 @@ def tiny_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optimizer.update(dict(lr=2e-3, schedule="linear_decay", warmup_steps=200, end_lr=2e-4, decay_steps=14_000))
   c.diffusion.min_snr_gamma = 5.0  # Min-SNR weighting: much faster convergence on a short budget
   # The x0 error weighted by min(SNR, 5) + 1 instead of min(SNR, 5) (the v loss clipped at SNR 5): the noisy
-  # steps, where Min-SNR's weight falls to 0 (below 0.05 for 45% of the timesteps), keep weight 1. At 7,000 steps it
-  # raised accuracy 0.632 -> 0.706 and cut shapes-FID 4.3 -> 2.7 (BENCHMARKS.md, "... part 5"); offsets 3 and 8
-  # gave 0.700 and 0.671.
+  # steps, where Min-SNR's weight falls to 0 (below 0.05 for 45% of the timesteps), keep weight 1. At 7,000
+  # steps it raised accuracy 0.632 -> 0.706 and cut shapes-FID 4.3 -> 2.7 (BENCHMARKS.md, "... part 5");
+  # offsets 3 and 8 gave 0.700 and 0.671.
   c.diffusion.min_snr_offset = 1.0
   # v-prediction: at high noise the network predicts the image itself instead of a noise estimate whose
   # error 1/alpha amplifies; shapes form there. With Min-SNR-5 it cut the tiny DiT's shapes-FID 2.5x at

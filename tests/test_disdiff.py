@@ -10,7 +10,7 @@ from jdpm.disentangle import losses
 from jdpm.disentangle.encoder import FactorEncoder
 from jdpm.disentangle.shift_unet import FROZEN_UNET_PATTERNS, ShiftUNet
 from jdpm.training import freeze
-from tests.random_weights import random_like
+from tests.random_weights import random_like, random_variables
 
 
 def test_only_encoder_decoder_and_embeddings_receive_gradients():
@@ -21,7 +21,7 @@ def test_only_encoder_decoder_and_embeddings_receive_gradients():
   enc = FactorEncoder(width=8, latent_unit=2, factor_dim=4)
   x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
   t = jnp.array([100, 700])
-  unet_params = random_like(jax.eval_shape(unet.init, jax.random.PRNGKey(1), x, t, jnp.zeros((2, 8)))["params"], 1, 0.2)
+  unet_params = random_variables(unet, x, t, jnp.zeros((2, 8)), seed=1, scale=0.2)["params"]
   enc_shapes = jax.eval_shape(enc.init, jax.random.PRNGKey(2), x)
   enc_params = random_like(enc_shapes["params"], 2, 0.2)
   stats = {"batch_stats": jax.tree_util.tree_map(lambda s: jnp.ones(s.shape), enc_shapes["batch_stats"])}
