@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(name="shapes", data_dir="", random_flip=True, worker_count=0))
   c.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", learn_sigma=True, min_snr_gamma=0.0, min_snr_offset=0.0,
-      timestep_sampler="uniform", mask_loss=False, prediction="epsilon"))
+      timestep_sampler="uniform", timestep_logit_normal=(0.0, 1.0), mask_loss=False, prediction="epsilon"))
   c.optimizer = ml_collections.ConfigDict(dict(
       optimizer="adamw", lr=1e-4, schedule="constant", warmup_steps=0, end_lr=5e-5, decay_steps=400_000,
       weight_decay=0.0, b1=0.9, b2=0.999, b3=0.99, eps=1e-8, grad_clip=0.0))

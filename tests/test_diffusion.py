@@ -338,6 +338,29 @@ def test_uniform_sampler():
   assert abs(float(t.mean()) - 499.5) < 5 * 288.7 / 64  # 5 standard errors of the mean of U{0..999}.
 
 
+
+def test_logit_normal_sampler():
+  n, mean, std = 1000, -0.85, 1.0
+  sampler = jd.create_named_schedule_sampler("logit-normal", n, logit_normal=(mean, std))
+  assert sampler == jd.LogitNormalSampler(n, mean, std)
+  # The logit-normal density at the timesteps' centres, independently of the implementation.
+  u = (np.arange(n) + 0.5) / n
+  density = np.exp(-0.5 * ((np.log(u / (1 - u)) - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi) * u * (1 - u))
+  expected = density / density.sum()
+  probs = np.asarray(sampler.weights(sampler.init()), np.float64)
+  np.testing.assert_allclose(probs / probs.sum(), expected, rtol=1e-4, atol=1e-9)  # float32 in the far tails
+  draws = 400_000
+  t, weights = jax.jit(sampler.sample, static_argnums=2)(sampler.init(), jax.random.key(3), draws)
+  np.testing.assert_array_equal(weights, 1.0)  # a reweighting of the loss, not an importance sample
+  t = np.asarray(t)
+  # Quantiles of t / N are sigmoid(mean + std z_q); 400k draws pin them to about one step.
+  for q, z in ((0.1, -1.2816), (0.5, 0.0), (0.9, 1.2816)):
+    assert abs(np.quantile(t, q) - n / (1 + np.exp(-(mean + std * z)))) <= 2
+  with pytest.raises(ValueError, match="std > 0"):
+    jd.LogitNormalSampler(n, 0.0, 0.0)
+  with pytest.raises(ValueError, match="logit-normal"):
+    jd.create_named_schedule_sampler("lognormal", n)
+
 # -- DDPM sampling -----------------------------------------------------------------------------------
 
 

@@ -6,8 +6,10 @@ Every sampler has the same three methods:
   t, weights = sampler.sample(state, rng, batch_size)   # t: (B,) int32, weights: (B,) float32
   state = sampler.update(state, t, losses)              # losses: (B,) per-example losses at t
 
-The weights 1 / (N p_t) make the weighted mean loss an unbiased estimate of the mean over uniform t. In
-multi-device training pass the global batch's t and losses to `update` so every replica keeps the same state.
+For "uniform" and "loss-second-moment" the weights 1 / (N p_t) make the weighted mean loss an unbiased
+estimate of the mean over uniform t; "logit-normal" returns unit weights and so trains a differently
+weighted objective (see `LogitNormalSampler`). In multi-device training pass the global batch's t and
+losses to `update` so every replica keeps the same state.
 """
 
 import dataclasses
@@ -122,13 +124,67 @@ class LossSecondMomentSampler:
     return LossHistory(history=history, counts=counts)
 
 
-def create_named_schedule_sampler(name, num_timesteps):
-  """"uniform" or "loss-second-moment" (the names of the reference code)."""
+@dataclasses.dataclass(frozen=True)
+class LogitNormalSampler:
+  """Timesteps whose fraction t/N is logit-normal (SD3's timestep density), with unit weights.
+
+  Unlike the two samplers above, this one changes the objective instead of estimating the uniform one: the
+  loss at t counts in proportion to p_t, which concentrates training on the middle noise levels (where
+  the layout of an image is decided) and spends little on the nearly clean and nearly pure-noise ends.
+  p_t is the logit-normal density at u = (t + 1/2) / N, normalised over 0..N-1; the median of t is about
+  N sigmoid(mean). Its state is an empty tuple.
+
+  Attributes:
+    num_timesteps: N.
+    mean, std: of logit(t / N).
+  """
+  num_timesteps: int
+  mean: float = 0.0
+  std: float = 1.0
+
+  def __post_init__(self):
+    if not self.std > 0:
+      raise ValueError(f"the logit-normal timestep density needs std > 0; got {self.std}.")
+
+  def init(self):
+    return ()
+
+  def weights(self, state):
+    """(N,) unnormalised sampling weights: the logit-normal density at the timesteps' centres."""
+    del state
+    u = (jnp.arange(self.num_timesteps, dtype=jnp.float32) + 0.5) / self.num_timesteps
+    z = (jnp.log(u) - jnp.log1p(-u) - self.mean) / self.std
+    return jnp.exp(-0.5 * z * z) / (u * (1 - u))
+
+  def sample(self, state, rng, batch_size):
+    """(t, weights): (B,) int32 timesteps drawn from `weights`, and (B,) float32 unit weights."""
+    t, _ = _importance_sample(self.weights(state), rng, batch_size)
+    return t, jnp.ones((batch_size,), jnp.float32)
+
+  def update(self, state, t, losses):
+    del t, losses
+    return state
+
+
+SAMPLER_NAMES = ("uniform", "loss-second-moment", "logit-normal")
+
+
+def create_named_schedule_sampler(name, num_timesteps, logit_normal=(0.0, 1.0)):
+  """"uniform" or "loss-second-moment" (the names of the reference code), or "logit-normal".
+
+  Args:
+    name: one of SAMPLER_NAMES.
+    num_timesteps: N.
+    logit_normal: (mean, std) of logit(t / N) for "logit-normal" (ignored by the others).
+  """
   if name == "uniform":
     return UniformSampler(num_timesteps)
   if name == "loss-second-moment":
     return LossSecondMomentSampler(num_timesteps)
-  raise ValueError(f"unknown schedule sampler {name!r}; use 'uniform' or 'loss-second-moment'.")
+  if name == "logit-normal":
+    mean, std = logit_normal
+    return LogitNormalSampler(num_timesteps, float(mean), float(std))
+  raise ValueError(f"unknown schedule sampler {name!r}; use one of {', '.join(map(repr, SAMPLER_NAMES))}.")
 
 
 def _importance_sample(weights, rng, batch_size):

@@ -85,7 +85,9 @@ class DenoisingObjective:
   Attributes:
     model: a Flax denoiser called as ``model.apply(variables, x, t, cond)``.
     diffusion: the training `GaussianDiffusion` (1000 steps).
-    timestep_sampler: "uniform" or "loss-second-moment" (importance sampling of t by the loss history).
+    timestep_sampler: "uniform", "loss-second-moment" (importance sampling of t by the loss history) or
+      "logit-normal" (t / N logit-normal: reweights the loss towards the middle noise levels).
+    timestep_logit_normal: (mean, std) of logit(t / N) for the "logit-normal" sampler.
     class_dropout_prob: probability of replacing an example's condition by the null condition
       (classifier-free guidance), drawn per example.
     min_snr_gamma: Min-SNR-gamma weighting of the mse term (EDT/MDTv2 use 5); 0 = off.
@@ -97,11 +99,12 @@ class DenoisingObjective:
       (the null class of DiT / EDT / MDTv2).
   Batch: {"image": (B, H, W, C) float in [-1, 1] (or latents), and the condition keys, e.g. "label" (B,)}.
   Config sub-dict ``config.denoising`` (optional): condition_keys. The other fields come from
-  ``config.diffusion`` (timestep_sampler, min_snr_gamma) and ``config.model.class_dropout_prob``.
+  ``config.diffusion`` (timestep_sampler, timestep_logit_normal, min_snr_gamma, min_snr_offset) and ``config.model.class_dropout_prob``.
   """
   model: nn.Module
   diffusion: GaussianDiffusion
   timestep_sampler: str = "uniform"
+  timestep_logit_normal: tuple = (0.0, 1.0)
   class_dropout_prob: float = 0.1
   min_snr_gamma: float = 0.0
   min_snr_offset: float = 0.0
@@ -133,6 +136,7 @@ class DenoisingObjective:
     if unknown:
       raise ValueError(f"config.{cls.name} has unknown fields {unknown}; known: {sorted(fields - {'model'})}.")
     args = dict(diffusion=training_diffusion(config, model), timestep_sampler=config.diffusion.timestep_sampler,
+                timestep_logit_normal=tuple(config.diffusion.get("timestep_logit_normal", (0.0, 1.0))),
                 class_dropout_prob=config.model.get("class_dropout_prob", 0.1),
                 min_snr_gamma=config.diffusion.get("min_snr_gamma", 0.0),
                 min_snr_offset=config.diffusion.get("min_snr_offset", 0.0))
@@ -147,7 +151,8 @@ class DenoisingObjective:
 
   @property
   def sampler(self):
-    return create_named_schedule_sampler(self.timestep_sampler, self.diffusion.num_timesteps)
+    return create_named_schedule_sampler(self.timestep_sampler, self.diffusion.num_timesteps,
+                                         logit_normal=self.timestep_logit_normal)
 
   def condition(self, batch):
     """The condition pytree of a batch (None for an unconditional objective)."""
