@@ -4,7 +4,6 @@ Golden numbers come from tests/data/iddpm.npz (official PyTorch outputs, NCHW; t
 written by tools/make_iddpm_reference.py from the DiT and EDT diffusion code.
 """
 
-import math
 import pathlib
 
 import chex
