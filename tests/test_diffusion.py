@@ -337,7 +337,6 @@ def test_uniform_sampler():
   assert abs(float(t.mean()) - 499.5) < 5 * 288.7 / 64  # 5 standard errors of the mean of U{0..999}.
 
 
-
 def test_logit_normal_sampler():
   n, mean, std = 1000, -0.85, 1.0
   sampler = jd.create_named_schedule_sampler("logit-normal", n, logit_normal=(mean, std))
@@ -359,6 +358,7 @@ def test_logit_normal_sampler():
     jd.LogitNormalSampler(n, 0.0, 0.0)
   with pytest.raises(ValueError, match="logit-normal"):
     jd.create_named_schedule_sampler("lognormal", n)
+
 
 # -- DDPM sampling -----------------------------------------------------------------------------------
 

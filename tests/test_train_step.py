@@ -147,7 +147,6 @@ def test_min_snr_offset_needs_min_snr_and_a_bounded_target():
     DenoisingObjective(model=model, diffusion=diffusion.create_diffusion(""), min_snr_gamma=5.0, min_snr_offset=1.0)
 
 
-
 def test_logit_normal_timesteps_from_the_config():
   from configs import dit as dit_config
   from jdpm.diffusion import LogitNormalSampler
@@ -158,6 +157,7 @@ def test_logit_normal_timesteps_from_the_config():
   config.diffusion.timestep_logit_normal = [-0.5, 0.7]  # a list, as a run's config.json stores it
   objective = objectives.create(config, run_lib.create_model(config))
   assert objective.sampler == LogitNormalSampler(1000, -0.5, 0.7)
+
 
 def test_cpu_devices_divide_the_batch_one_per_core_at_most():
   assert parallel.cpu_devices_for(8, cores=2) == 2

@@ -158,7 +158,7 @@ class LogitNormalSampler:
 
   def sample(self, state, rng, batch_size):
     """(t, weights): (B,) int32 timesteps drawn from `weights`, and (B,) float32 unit weights."""
-    t, _ = _importance_sample(self.weights(state), rng, batch_size)
+    t, _ = _draw(self.weights(state), rng, batch_size)
     return t, jnp.ones((batch_size,), jnp.float32)
 
   def update(self, state, t, losses):
@@ -187,8 +187,14 @@ def create_named_schedule_sampler(name, num_timesteps, logit_normal=(0.0, 1.0)):
   raise ValueError(f"unknown schedule sampler {name!r}; use one of {', '.join(map(repr, SAMPLER_NAMES))}.")
 
 
-def _importance_sample(weights, rng, batch_size):
+def _draw(weights, rng, batch_size):
+  """(t, p): (B,) int32 timesteps drawn in proportion to the (N,) `weights`, and the (N,) probabilities."""
   p = weights / jnp.sum(weights)
-  n = p.shape[0]
-  t = jax.random.choice(rng, n, (batch_size,), p=p)
-  return t.astype(jnp.int32), (1.0 / (n * p[t])).astype(jnp.float32)
+  t = jax.random.choice(rng, p.shape[0], (batch_size,), p=p)
+  return t.astype(jnp.int32), p
+
+
+def _importance_sample(weights, rng, batch_size):
+  """(t, weights 1 / (N p_t)): the draw of `_draw` with the weights that keep the uniform objective."""
+  t, p = _draw(weights, rng, batch_size)
+  return t, (1.0 / (p.shape[0] * p[t])).astype(jnp.float32)

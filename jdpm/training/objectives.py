@@ -99,7 +99,8 @@ class DenoisingObjective:
       (the null class of DiT / EDT / MDTv2).
   Batch: {"image": (B, H, W, C) float in [-1, 1] (or latents), and the condition keys, e.g. "label" (B,)}.
   Config sub-dict ``config.denoising`` (optional): condition_keys. The other fields come from
-  ``config.diffusion`` (timestep_sampler, timestep_logit_normal, min_snr_gamma, min_snr_offset) and ``config.model.class_dropout_prob``.
+  ``config.diffusion`` (timestep_sampler, timestep_logit_normal, min_snr_gamma, min_snr_offset) and
+  ``config.model.class_dropout_prob``.
   """
   model: nn.Module
   diffusion: GaussianDiffusion
