@@ -87,10 +87,7 @@ def main():
     rows.append(f"| {key[0]} | {key[1]} | {base:.4g} | {head:.4g} | {ratio:.3f} |")
   body = (f"`{' '.join(bench)}` at {base_sha} and at {head_sha} (working tree), alternately, "
           f"{args.rounds} rounds each.\n\n" + "\n".join(rows))
-  if args.no_record:
-    print(body)
-  else:
-    common.record(f"A/B: {bench[0]} at {base_sha} vs {head_sha}", body)
+  common.record(f"A/B: {bench[0]} at {base_sha} vs {head_sha}", body, append=not args.no_record)
 
 
 if __name__ == "__main__":

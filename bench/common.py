@@ -64,8 +64,15 @@ def command() -> str:
   return "python " + " ".join(shlex.quote(a) for a in program + sys.argv[1:])
 
 
-def record(title: str, body: str) -> None:
-  """Prints a section and appends it to BENCHMARKS.md with the date, machine and command."""
+def record(title: str, body: str, append: bool = True) -> None:
+  """Prints a section and appends it to BENCHMARKS.md with the date, machine and command.
+
+  With ``append=False`` (the scripts' ``--no-record``) it prints the body alone and writes nothing; that is
+  the output `bench.ab_commits` reads.
+  """
+  if not append:
+    print(body)
+    return
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   section = (f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}\n- command: `{command()}`\n\n"
              f"{body.strip()}\n")

@@ -102,10 +102,7 @@ def main():
               f"per seed DisDiff {np.mean(timing['disdiff_s']):.0f} s, beta-VAE {np.mean(timing['beta_vae_s']):.0f} s, "
               f"FactorVAE {np.mean(timing['factor_vae_s']):.0f} s (training + scoring, compilation included)")
     body = _section(name, args, lines, budget, time.time() - t0)
-    if args.no_record:
-      print(body)
-    else:
-      common.record(f"DisDiff disentanglement on {name} (CPU scale)", body)
+    common.record(f"DisDiff disentanglement on {name} (CPU scale)", body, append=not args.no_record)
     with open(f"{args.workdir}/{name}_scores.json", "w") as f:
       json.dump({"args": vars(args), "scores": rows, "timing": timing}, f, indent=1)
 

@@ -185,10 +185,7 @@ def main():
            "| task | restorer | denoiser | restorer PSNR | DP-IR PSNR | DP-IR SSIM | DP-IR - restorer |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: |"] + swap_rows
   text = "\n".join(body)
-  if args.no_record:
-    print(text)
-  else:
-    common.record("DP-IR on built-in images (SR 4x, deblurring, RAW burst), CPU scale", text)
+  common.record("DP-IR on built-in images (SR 4x, deblurring, RAW burst), CPU scale", text, append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -118,10 +118,7 @@ def main():
       e, m, d = measured["EDT"][b], measured["MDTv2"][b], measured["DiT"][b]
       off_rows.append(f"| {b} | {e[0] / m[0]:.2f}x | {e[1] / m[1]:.2f}x | {e[0] / d[0]:.2f}x |")
     body += "\n\n" + "\n".join(off_rows)
-  if args.no_record:
-    print(body)
-  else:
-    common.record(f"EDT vs MDTv2 vs DiT ({args.size}/2, {args.dtype})", body)
+  common.record(f"EDT vs MDTv2 vs DiT ({args.size}/2, {args.dtype})", body, append=not args.no_record)
 
 
 if __name__ == "__main__":

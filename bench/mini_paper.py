@@ -122,10 +122,8 @@ def main():
     delta = amm_effect["EDT"] - best["EDT"]
     verdict = "no measurable effect" if abs(delta) < 0.05 else ("helps" if delta < 0 else "does not help")
     body += f"AMM on EDT changes shapes-FID by {delta:+.2f} ({verdict} at this scale)."
-  if args.no_record:
-    print(body)
-  else:
-    common.record("Mini reproduction of the EDT comparison on shapes (tiny EDT / MDTv2 / DiT)", body)
+  common.record("Mini reproduction of the EDT comparison on shapes (tiny EDT / MDTv2 / DiT)", body,
+                append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -217,10 +217,8 @@ def main():
           "samples, float64, errors against the exact ODE solution; `default` = lower_order_final=True, "
           "`authors` = lower_order_final=\"authors\"; bold: less accurate than DDIM.\n"
           f"{body}\n\n{summary}.\n{sweep}\n{grids}")
-  if args.no_record:
-    print(text)
-  else:
-    common.record("Sampler error vs NFE: final-step rule, discrete and continuous schedules", text)
+  common.record("Sampler error vs NFE: final-step rule, discrete and continuous schedules", text,
+                append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -101,10 +101,7 @@ def main():
       "",
       f"Max |Python loop - compiled sampler| = {diff:.2e} (same tables; the difference is float32 operation order).",
   ])
-  if args.no_record:
-    print(body)
-  else:
-    common.record(f"Sampler overhead: {args.model}, UniPC {args.steps} steps", body)
+  common.record(f"Sampler overhead: {args.model}, UniPC {args.steps} steps", body, append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -125,10 +125,7 @@ def main(argv=None):
     for t0, snr, accuracy, per_shape in rows:
       lines.append(f"| {t0} | {snr:.3g} | {accuracy:.3f} | " + " | ".join(f"{a:.2f}" for a in per_shape) + " |")
   body = "\n".join(lines)
-  if args.no_record:
-    print(body)
-  else:
-    common.record("Shape fidelity: class retention and the proxy classifier's tolerance", body)
+  common.record("Shape fidelity: class retention and the proxy classifier's tolerance", body, append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -123,10 +123,7 @@ def main():
   body = (f"Model: {name}. Peak (fp32 {common.peak_matmul_size()}^3 matmul, same run): {peak / 1e9:.0f} GFLOP/s. "
           f"Kinds in ms per step, summed op time (see the script's docstring).\n\n" + "\n".join(rows)
           + "\n\n" + "\n".join(f"- {t}" for t in tops))
-  if args.no_record:
-    print(body)
-  else:
-    common.record(f"Training step profile: {args.model}", body)
+  common.record(f"Training step profile: {args.model}", body, append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -150,10 +150,7 @@ def main():
     body = (f"Peak ({args.dtype} {common.peak_matmul_size()}^3 matmul, same run): {peak / 1e9:.1f} GFLOP/s. "
             f"Forward: {gmacs:.2f} GMACs per image; training counts 3 forwards.\n\n" + "\n".join(rows))
     title = f"Training throughput and MFU: {args.model}"
-  if args.no_record:
-    print(body)
-  else:
-    common.record(title, body)
+  common.record(title, body, append=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -169,11 +169,8 @@ def main():
     ratio = f"{theirs / jdpm_times[key]:.2f}x" if theirs else "-"
     lines.append(f"| {label} | {jdpm_times[key]:.3f} | {f'{theirs:.3f}' if theirs else '-'} | {ratio} | {note} |")
   body = "\n".join(lines)
-  if args.no_record:
-    print(body)
-  else:
-    common.record(f"UNet throughput: {args.model} jdpm vs diffusers ({args.dtype}, {jax.default_backend()})",
-                  body)
+  common.record(f"UNet throughput: {args.model} jdpm vs diffusers ({args.dtype}, {jax.default_backend()})",
+                body, append=not args.no_record)
 
 
 if __name__ == "__main__":
