@@ -43,7 +43,7 @@ def per_shape_accuracy(classifier, images, labels):
 
 
 def to_uint8(x):
-  """Floats in [0, 255] (or beyond) -> uint8, rounded and clipped."""
+  """Floats in 0..255 units (perturbed real images, possibly beyond the range) -> uint8, rounded and clipped."""
   return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
@@ -62,6 +62,7 @@ def retention_rows(workdir, images, labels, classifier, steps, seed):
   """Table rows (t0, SNR, accuracy, per shape) of regeneration from real images noised to t0."""
   import jax
   import jax.numpy as jnp
+  from jdpm import generate
   from jdpm.diffusion import guidance
   from jdpm.training import objectives, run as run_lib
 
@@ -93,7 +94,7 @@ def retention_rows(workdir, images, labels, classifier, steps, seed):
       x0_hat = x0_estimate(x, int(t), y)
       eps_hat = (x - np.sqrt(abar[t]) * x0_hat) / np.sqrt(1 - abar[t])
       x = np.sqrt(abar[s]) * x0_hat + np.sqrt(1 - abar[s]) * eps_hat if s > 0 else x0_hat
-    accuracy, per_shape = per_shape_accuracy(classifier, to_uint8((np.asarray(x) + 1) * 127.5), labels)
+    accuracy, per_shape = per_shape_accuracy(classifier, generate.to_uint8(x), labels)
     rows.append((t0, abar[t0] / (1 - abar[t0]), accuracy, per_shape))
     print(f"t0 {t0}: accuracy {accuracy:.3f}", flush=True)
   return step, scale, rows
