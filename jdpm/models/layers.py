@@ -292,6 +292,31 @@ class Mlp(nn.Module):
     return nn.Dense(out_features, dtype=self.dtype, kernel_init=xavier_uniform, name="fc2")(x)
 
 
+@jax.custom_vjp
+def softmax_last(logits):
+  """``jax.nn.softmax(logits, axis=-1)`` (the same values) with a hand-written backward pass.
+
+  The gradient is ``y · (g - Σ g·y)`` from the saved output y alone (equal to softmax's up to float
+  rounding). Differentiating through
+  ``jax.nn.softmax`` gives the same numbers but, on XLA:CPU, a backward pass 1.7x slower for DiT-S/2's
+  attention (B 8, 6 heads, 256 tokens: 35 against 21 ms for the attention core's gradient).
+  """
+  return _softmax_forward(logits)[0]
+
+
+def _softmax_forward(logits):
+  shifted = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  y = shifted * (1 / jnp.sum(shifted, axis=-1, keepdims=True))
+  return y, y
+
+
+def _softmax_backward(y, g):
+  return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+softmax_last.defvjp(_softmax_forward, _softmax_backward)
+
+
 def explicit_attention(q, k, v, bias=None, modulation=None):
   """``softmax(q·kᵀ · head_dim^-½ + bias) [· modulation] · v`` with the heads as a batch axis.
 
@@ -310,7 +335,7 @@ def explicit_attention(q, k, v, bias=None, modulation=None):
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1]**-0.5, k).astype(jnp.float32)
   if bias is not None:
     logits = logits + bias
-  weights = jax.nn.softmax(logits, axis=-1)
+  weights = softmax_last(logits)
   if modulation is not None:
     weights = weights * modulation
   return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v), 1, 2)
