@@ -22,9 +22,9 @@ _NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]?\d+)?%?$")
 
 
 def table_cells(output):
-  """{(row label, column name): float} of every markdown table in `output` (the row label: its first cells
-  that are not numbers)."""
-  cells, header = {}, None
+  """{(row label, column name): float} of every markdown table in `output` (the row label: its cells that are
+  not numbers; a label repeated within a table, e.g. one model at two batch sizes, gets " #2", " #3", ...)."""
+  cells, header, seen = {}, None, {}
   for line in output.splitlines():
     line = line.strip()
     if not line.startswith("|"):
@@ -34,9 +34,12 @@ def table_cells(output):
     if all(set(p) <= set("-: ") for p in parts):
       continue
     if header is None:
-      header = parts
+      header, seen = parts, {}
       continue
     label = " ".join(p for p in parts if not _NUMBER.match(p))
+    seen[label] = seen.get(label, 0) + 1
+    if seen[label] > 1:
+      label = f"{label} #{seen[label]}"
     for name, value in zip(header, parts):
       if _NUMBER.match(value):
         cells[(label, name)] = float(value.rstrip("%"))
