@@ -1,10 +1,14 @@
-"""The compiled gradient of a transformer stays linear in depth (models/layers.residual_barrier)."""
+"""The CPU rewrites of models/layers keep the values and the derivatives: the residual barrier (the compiled
+gradient of a transformer stays linear in depth), the softmax and logit-bias gradients written by hand, and
+the qkv projection through kernel slices."""
 
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import flax.linen as nn
 
 import jdpm
 from jdpm.models import layers
@@ -38,3 +42,39 @@ def test_residual_barrier_is_the_identity_for_values_and_derivatives():
   np.testing.assert_allclose(jax.hessian(f)(x), jax.hessian(g)(x), rtol=1e-5, atol=1e-6)
   nan = jnp.array([jnp.nan, 1.0])
   assert np.isnan(jax.grad(lambda x: jnp.sum(layers.residual_barrier(x) * x))(nan)[0])
+
+
+def test_softmax_last_has_softmax_values_and_gradient():
+  logits = 4 * jax.random.normal(jax.random.key(0), (2, 3, 7, 7))
+  cotangent = jax.random.normal(jax.random.key(1), logits.shape)
+  np.testing.assert_array_equal(layers.softmax_last(logits), jax.nn.softmax(logits, axis=-1))
+  grads = [jax.grad(lambda x: jnp.sum(f(x) * cotangent))(logits)
+           for f in (layers.softmax_last, lambda x: jax.nn.softmax(x, axis=-1))]
+  # Equal up to float32 rounding (the two compute y·(g - Σ g·y) in different orders).
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_logit_bias_gradient_sums_over_the_broadcast_axes():
+  logits = jax.random.normal(jax.random.key(0), (4, 3, 5, 5))
+  for shape in [(1, 3, 5, 5), (3, 5, 5), (4, 3, 5, 5), (4, 1, 1, 5), (5,)]:
+    bias = jax.random.normal(jax.random.key(1), shape)
+    grads = [jax.grad(lambda x, b: jnp.sum(jnp.sin(add(x, b))), argnums=(0, 1))(logits, bias)
+             for add in (layers.add_logit_bias, jnp.add)]
+    assert grads[0][1].shape == shape
+    for ours, plain in zip(*grads):
+      np.testing.assert_allclose(ours, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_split_dense_is_the_fused_dense():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  fused = nn.Dense(12, kernel_init=layers.xavier_uniform, name="qkv")
+  split = layers.SplitDense(4, 3, name="qkv")
+  # Same parameter names, shapes and initial values for the same key (checkpoints and conversions).
+  params = fused.init(jax.random.key(1), x)
+  split_params = split.init(jax.random.key(1), x)
+  assert jax.tree.structure(split_params) == jax.tree.structure(params)
+  for ours, want in zip(jax.tree.leaves(split_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(ours, want)
+  expected = jnp.split(fused.apply(params, x), 3, axis=-1)
+  for ours, want in zip(split.apply(params, x), expected):
+    np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)

