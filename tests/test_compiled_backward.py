@@ -4,11 +4,10 @@ the qkv projection through kernel slices."""
 
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import flax.linen as nn
 
 import jdpm
 from jdpm.models import layers
