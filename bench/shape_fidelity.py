@@ -58,15 +58,18 @@ def classifier_rows(classifier, images, labels):
   return [(name, *per_shape_accuracy(classifier, to_uint8(v), labels)) for name, v in cases]
 
 
-def retention_rows(workdir, images, labels, classifier, steps, seed):
-  """Table rows (t0, SNR, accuracy, per shape) of regeneration from real images noised to t0."""
+def retention_rows(run, images, labels, classifier, steps, seed):
+  """Table rows (t0, SNR, accuracy, per shape) of regeneration from real images noised to t0.
+
+  `run` is `jdpm.training.run.restore`'s (config, model, variables, step) of the trained run.
+  """
   import jax
   import jax.numpy as jnp
   from jdpm import generate
   from jdpm.diffusion import guidance
-  from jdpm.training import objectives, run as run_lib
+  from jdpm.training import objectives
 
-  config, model, variables, step = run_lib.restore(workdir)
+  config, model, variables, step = run
   diffusion = objectives.training_diffusion(config, model)
   scale = float(config.sample.cfg_scale)
   channels = config.sample.get("cfg_channels", -1)
@@ -111,6 +114,13 @@ def main(argv=None):
 
   from jdpm.data import shapes
   from jdpm.eval import proxy
+  from jdpm.training import run as run_lib
+  run = None
+  if args.workdir:  # read first: a wrong --workdir is one line, before any measuring
+    try:
+      run = run_lib.restore(args.workdir)
+    except run_lib.ConfigError as e:
+      sys.exit(f"shape_fidelity.py: {e}")
   classifier = proxy.default_classifier("shapes", None)
   images, labels = shapes.generate("test", np.arange(args.num_images))
   header = " | ".join(shapes.SHAPES)
@@ -118,8 +128,8 @@ def main(argv=None):
            f"| perturbation | accuracy | {header} |", "|---|---:|" + "---:|" * len(shapes.SHAPES)]
   for name, accuracy, per_shape in classifier_rows(classifier, images, labels):
     lines.append(f"| {name} | {accuracy:.3f} | " + " | ".join(f"{a:.2f}" for a in per_shape) + " |")
-  if args.workdir:
-    step, scale, rows = retention_rows(args.workdir, images, labels, classifier, args.steps, args.seed)
+  if run is not None:
+    step, scale, rows = retention_rows(run, images, labels, classifier, args.steps, args.seed)
     lines += ["", f"Class retention of `{args.workdir}` (step {step}): real test images noised to t0, DDIM-"
               f"{args.steps} back to 0 with guidance {scale:g}, accuracy of the results:", "",
               f"| t0 | SNR | accuracy | {header} |", "|---:|---:|---:|" + "---:|" * len(shapes.SHAPES)]
