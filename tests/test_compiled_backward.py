@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jdpm
 from jdpm.models import layers
@@ -64,10 +65,11 @@ def test_logit_bias_gradient_sums_over_the_broadcast_axes():
       np.testing.assert_allclose(ours, plain, rtol=1e-6, atol=1e-6)
 
 
-def test_split_dense_is_the_fused_dense():
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_split_dense_is_the_fused_dense(use_bias):
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
-  fused = nn.Dense(12, kernel_init=layers.xavier_uniform, name="qkv")
-  split = layers.SplitDense(4, 3, name="qkv")
+  fused = nn.Dense(12, use_bias=use_bias, kernel_init=layers.xavier_uniform, name="qkv")
+  split = layers.SplitDense(4, 3, use_bias=use_bias, name="qkv")
   # Same parameter names, shapes and initial values for the same key (checkpoints and conversions).
   params = fused.init(jax.random.key(1), x)
   split_params = split.init(jax.random.key(1), x)
