@@ -7,7 +7,9 @@ Model FLOPs per image: 2 x the forward multiply-accumulates (from `jdpm.models.c
 convention: matmuls and convolutions, attention included); a training step costs 3 forwards (forward +
 backward). MFU = achieved model FLOP/s / peak FLOP/s, with the peak measured in the same run by a large
 matmul in the same dtype. The training step is jdpm's real one (diffusion loss with learned sigma, AdamW,
-EMA), on 32x32x4 latents as in the papers.
+EMA, and on CPU the trainer's automatic micro-batches, `jdpm.parallel.cpu_grad_accum_steps`), on 32x32x4
+latents as in the papers. Inference is the network call as jdpm's samplers make it (on CPU over cache-sized
+micro-batches, `jdpm.parallel.micro_batched`).
 """
 
 import argparse
@@ -44,14 +46,17 @@ def setup(model_name, batch, dtype="float32", objective_factory=None, **model_kw
   t = jnp.arange(batch) * 7 % 1000
   variables = jax.jit(model.init)(rng, x, t, y)
   compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else None
-  forward = jax.jit(lambda v, x: model.apply(jdpm.training.step.cast_floats(v, compute_dtype),
-                                             x.astype(compute_dtype or x.dtype), t, y))
+  # As jdpm's samplers call the network (`jdpm.generate.sample_images`): on one device here.
+  apply = parallel.micro_batched(model.apply, parallel.cpu_micro_batch(model, model.sample_shape, y))
+  forward = jax.jit(lambda v, x: apply(jdpm.training.step.cast_floats(v, compute_dtype),
+                                       x.astype(compute_dtype or x.dtype), t, y))
   objective = (objective_factory or DenoisingObjective)(model=model, diffusion=diffusion.create_diffusion(""))
   optimizer = optax.adamw(1e-4)
   state = create_train_state(variables["params"], optimizer, rng, extra=objective.init_extra())
   shardings = jax.tree.map(lambda a: parallel.param_sharding(a.shape, mesh), state)
-  update = jit_update_fn(make_update_fn(objective, optimizer, compute_dtype=compute_dtype), shardings,
-                         parallel.batch_sharding(mesh), parallel.replicated(mesh))
+  accum = parallel.cpu_grad_accum_steps(model, batch // jax.device_count())  # the trainer's default ("auto")
+  update = make_update_fn(objective, optimizer, compute_dtype=compute_dtype, grad_accum_steps=accum)
+  update = jit_update_fn(update, shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh))
   return dict(model=model, macs=jdpm.models.count_macs(model), forward=forward, variables=variables, x=x,
               update=update, state=jax.device_put(state, shardings),
               data={"image": np.asarray(x), "label": np.asarray(y, np.int32)})

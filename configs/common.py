@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
       optimizer="adamw", lr=1e-4, schedule="constant", warmup_steps=0, end_lr=5e-5, decay_steps=400_000,
       weight_decay=0.0, b1=0.9, b2=0.999, b3=0.99, eps=1e-8, grad_clip=0.0))
   c.batch_size = 256            # global batch, split over all devices and hosts
-  c.grad_accum_steps = 1
+  c.grad_accum_steps = 0         # micro-batches per step; 0: automatic (cache-sized micro-batches on CPU, else 1)
   c.total_steps = 400_000
   c.time_budget_s = 0.0          # > 0: stop (and save) after this many seconds of training
   c.ema_decay = 0.9999

@@ -24,12 +24,14 @@ MODEL_TYPES = {"epsilon": "noise", "v": "v", "x0": "x0"}
 
 
 @functools.lru_cache(maxsize=32)
-def _apply_fn(model, amm):
-  """model.apply, with the AMM switch only when asked (so models without AMM work).
+def _apply_fn(model, amm, micro_batch=None, shards=1):
+  """model.apply, with the AMM switch only when asked (so models without AMM work), over micro-batches of
+  `micro_batch` examples per device when given (`jdpm.parallel.micro_batched`).
 
   Cached: the samplers compile one program per apply function, so the same model must give the same one.
   """
-  return functools.partial(model.apply, amm=True) if amm else model.apply
+  apply = functools.partial(model.apply, amm=True) if amm else model.apply
+  return parallel.micro_batched(apply, micro_batch, shards)
 
 
 def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, order=None, cfg_scale=1.0,
@@ -84,7 +86,8 @@ def sample_images(model, variables, cond, rng, *, sampler="unipc", steps=10, ord
   x_T = jax.device_put(jax.random.normal(rng_x, shape, jnp.float32), batch)
   cond = jax.device_put(cond, batch)
   variables = parallel.on_mesh(variables, mesh)
-  apply_fn = _apply_fn(model, amm)
+  # On CPU the network runs over cache-sized micro-batches (see `jdpm.parallel.microbatch`).
+  apply_fn = _apply_fn(model, amm, parallel.cpu_micro_batch(model, shape[1:], cond), mesh.size)
   if learn_sigma is None:
     learn_sigma = bool(getattr(model, "learn_sigma", False))
   guidance = None

@@ -29,6 +29,7 @@ import tqdm
 
 from jdpm import data as data_lib
 from jdpm import parallel
+from jdpm.models import layers
 from jdpm.training import checkpoint as checkpoint_lib
 from jdpm.training import freeze, objectives, optimizers, preemption, schedules
 from jdpm.training import metrics as metrics_lib
@@ -71,8 +72,8 @@ def validate(config, data_info, model=None, objective=None) -> None:
   if config.batch_size % n_dev:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {n_dev} devices; "
                       f"set --config.batch_size to a multiple of {n_dev}.")
-  if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps or (
-      config.batch_size // config.grad_accum_steps) % n_dev:
+  if config.grad_accum_steps < 0 or config.grad_accum_steps and (config.batch_size % config.grad_accum_steps or (
+      config.batch_size // config.grad_accum_steps) % n_dev):
     raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps="
                       f"{config.grad_accum_steps} micro-batches that are each divisible by {n_dev} devices.")
   h, w, c = data_info.image_shape
@@ -177,7 +178,7 @@ class Trainer:
     compute_dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
     update = make_update_fn(objective, optimizer, ema_decay=config.ema_decay,
                             ema_warmup=config.get("ema_warmup", False),
-                            grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype,
+                            grad_accum_steps=grad_accum_steps(config, model), compute_dtype=compute_dtype,
                             lr_schedule=lr_schedule)
     update = jit_update_fn(update, state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh),
                            frozen_shardings=frozen_shardings)
@@ -194,6 +195,22 @@ class Trainer:
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
       log.info("initialised from %s", self.config.init_from.path)
     return state, frozen
+
+
+def grad_accum_steps(config, model) -> int:
+  """``config.grad_accum_steps``, or for 0 ("auto") the CPU micro-batching of `jdpm.parallel.microbatch`.
+
+  Auto gives 1 on GPU and TPU, and for models other than the class-conditional transformers (DiT, EDT,
+  MDTv2) it was measured on.
+  """
+  if config.grad_accum_steps:
+    return config.grad_accum_steps
+  if not isinstance(model, layers.PatchDenoiserGeometry):
+    return 1
+  steps = parallel.cpu_grad_accum_steps(model, config.batch_size // jax.device_count())
+  if steps > 1:
+    log.info("grad_accum_steps auto: %d micro-batches per step (cache-sized on CPU)", steps)
+  return steps
 
 
 def make_init_fn(objective, optimizer, data_info, frozen_patterns=()):
