@@ -2,12 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 import jdpm
 from jdpm import generate, parallel
 from jdpm.parallel import microbatch
+from jdpm.training import trainer
 
 
 def _network(variables, x, t, cond):
@@ -77,3 +79,15 @@ def test_sampling_over_micro_batches_draws_the_same_images(monkeypatch):
   whole = draw()
   monkeypatch.setattr(microbatch, "CPU_MICRO_BATCH_BYTES", 1)  # one example per device per call
   np.testing.assert_allclose(draw(), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_automatic_grad_accumulation_keeps_micro_batches_within_the_budget():
+  model = _tiny_dit()
+  per_example = (8 // 4)**2 * 4 * 32 * 4  # the MLP hidden activation, bytes
+  # 16 examples per device, at most 3 at a time: the fewest divisors of 16 that fit are 8 of 2.
+  assert parallel.cpu_grad_accum_steps(model, 16, budget_bytes=3 * per_example) == 8
+  assert parallel.cpu_grad_accum_steps(model, 16, budget_bytes=16 * per_example) == 1
+  config = ml_collections.ConfigDict(dict(grad_accum_steps=2, batch_size=16))
+  assert trainer.grad_accum_steps(config, model) == 2  # an explicit value is kept
+  config.grad_accum_steps = 0
+  assert trainer.grad_accum_steps(config, model) == 1  # the tiny model's 2 examples per device fit the cache
