@@ -19,6 +19,10 @@ import numpy as np
 # lost up to 8% (EDT-S/2); the tiny DiT (128 KiB) over 500 examples took 502 ms whole, 286 ms in 5 calls of
 # 100, 263 ms in 10 of 50. 12 MiB keeps 8 S/2 examples whole and gives the tiny DiT 96.
 CPU_MICRO_BATCH_BYTES = 12 * 2**20
+# The same for a training step, whose backward pass keeps every layer's activations and adds their
+# gradients: same-run A/Bs of DiT-S/2 at 16 examples per device trained 1.53x faster in micro-batches of 4
+# and 1.28x in micro-batches of 8 (BENCHMARKS.md). 6 MiB gives the S/2 models 4.
+CPU_TRAIN_MICRO_BATCH_BYTES = 6 * 2**20
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,14 +121,15 @@ def cpu_grad_accum_steps(model, per_device_batch, budget_bytes=None):
   """Micro-batches per training step on CPU for a class-conditional denoiser; 1 on other backends.
 
   The fewest that divide `per_device_batch` and leave each device at most `cpu_micro_batch` examples at a
-  time. Accumulating the gradients over them gives the full batch's step (`jdpm.training.step`); on
-  XLA:CPU, DiT-S/2 at 16 examples per device trained 1.3x faster as micro-batches of 4 or 8.
+  time, for a budget of `budget_bytes` (default ``CPU_TRAIN_MICRO_BATCH_BYTES``). Accumulating the
+  gradients over them gives the full batch's step (`jdpm.training.step`).
 
   Args:
     model: a denoiser called as ``model(x, t, labels)``.
     per_device_batch: examples of the global batch on each device.
   """
-  micro = cpu_micro_batch(model, model.sample_shape, jnp.zeros((1,), jnp.int32), budget_bytes)
+  budget = CPU_TRAIN_MICRO_BATCH_BYTES if budget_bytes is None else budget_bytes
+  micro = cpu_micro_batch(model, model.sample_shape, jnp.zeros((1,), jnp.int32), budget)
   if micro is None:
     return 1
   return min(k for k in range(1, per_device_batch + 1)
