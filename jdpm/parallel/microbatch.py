@@ -9,6 +9,7 @@ and TPUs want the opposite, one large batch, so `cpu_micro_batch` is None there.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,9 +60,10 @@ def cpu_micro_batch(model, sample_shape, cond, budget_bytes=None):
   """Examples per device per network call for `micro_batched` on CPU; None on other backends.
 
   The most examples whose widest activation (`widest_activation_bytes`) fits `budget_bytes` (default
-  ``CPU_MICRO_BATCH_BYTES``), at least 1.
+  ``CPU_MICRO_BATCH_BYTES``), at least 1. None as well for a model that is not a Flax module (e.g. an
+  analytic denoiser), whose activations cannot be traced.
   """
-  if jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu" or not isinstance(model, nn.Module):
     return None
   budget = CPU_MICRO_BATCH_BYTES if budget_bytes is None else budget_bytes
   return max(1, budget // max(1, widest_activation_bytes(model, sample_shape, cond)))
