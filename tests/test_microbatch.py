@@ -39,8 +39,8 @@ def test_micro_batched_equals_the_whole_batch(batch, micro_batch, shards):
   want = _network(variables, x, t, cond)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
-  # Each traced call sees at most `micro_batch` examples of each shard.
-  assert calls and max(calls) <= micro_batch * shards
+  # Each traced call sees at most `micro_batch` examples of each shard, in equal micro-batches.
+  assert calls and max(calls) <= micro_batch * shards and batch % calls[-1] == 0
 
 
 def test_micro_batched_keeps_a_sharded_batch_on_its_devices():
@@ -84,7 +84,7 @@ def test_sampling_over_micro_batches_draws_the_same_images(monkeypatch):
 def test_automatic_grad_accumulation_keeps_micro_batches_within_the_budget():
   model = _tiny_dit()
   per_example = (8 // 4)**2 * 4 * 32 * 4  # the MLP hidden activation, bytes
-  # 16 examples per device, at most 3 at a time: the fewest divisors of 16 that fit are 8 of 2.
+  # 16 examples per device, at most 3 at a time: the fewest equal micro-batches that fit are 8 of 2.
   assert parallel.cpu_grad_accum_steps(model, 16, budget_bytes=3 * per_example) == 8
   assert parallel.cpu_grad_accum_steps(model, 16, budget_bytes=16 * per_example) == 1
   config = ml_collections.ConfigDict(dict(grad_accum_steps=2, batch_size=16))

@@ -69,14 +69,33 @@ def cpu_micro_batch(model, sample_shape, cond, budget_bytes=None):
   return max(1, budget // max(1, widest_activation_bytes(model, sample_shape, cond)))
 
 
+def micro_batch_count(per_shard, micro_batch):
+  """The fewest micro-batches that divide `per_shard` examples into equal parts of at most `micro_batch`."""
+  return min(k for k in range(1, per_shard + 1) if per_shard % k == 0 and per_shard // k <= micro_batch)
+
+
+def split_micro_batches(a, k):
+  """(B, ...) -> (k, B / k, ...): micro-batch j takes examples j, j + k, j + 2k, ...
+
+  With the batch in contiguous per-device blocks whose size is a multiple of k, each device's block then
+  contributes equally to every micro-batch, so the split moves no data between devices.
+  """
+  return jnp.swapaxes(a.reshape((a.shape[0] // k, k) + a.shape[1:]), 0, 1)
+
+
+def join_micro_batches(a):
+  """The inverse of `split_micro_batches`: (k, B / k, ...) -> (B, ...)."""
+  return jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
+
+
 def micro_batched(apply_fn, micro_batch, shards=1):
   """``apply_fn(variables, x, t, cond, **kw)`` computed over micro-batches of the batch, one after another.
 
   Each of the `shards` devices holding a contiguous block of the batch (`jdpm.parallel.batch_sharding`)
-  contributes at most `micro_batch` examples to every call, so the split moves no data between devices.
-  Every argument leaf whose leading axis is the batch is split (zero-padded up to equal micro-batches);
-  other leaves (a scalar time, a shared condition) are passed whole. Outputs equal the whole batch's up to
-  float rounding.
+  contributes at most `micro_batch` examples to every call, in the fewest equal micro-batches
+  (`micro_batch_count`), and the split (`split_micro_batches`) moves no data between devices. Every
+  argument leaf whose leading axis is the batch is split; other leaves (a scalar time, a shared condition)
+  are passed whole. Outputs equal the whole batch's up to float rounding.
 
   Args:
     apply_fn: the network, e.g. a Flax ``model.apply``; its outputs have the batch as leading axis.
@@ -88,23 +107,9 @@ def micro_batched(apply_fn, micro_batch, shards=1):
 
   def apply(variables, x, t, cond, **kwargs):
     batch = x.shape[0]
-    per_shard = batch // shards
-    calls = -(-per_shard // micro_batch)
-    if calls <= 1 or batch % shards:
+    calls = 1 if batch % shards else micro_batch_count(batch // shards, micro_batch)
+    if calls == 1:
       return apply_fn(variables, x, t, cond, **kwargs)
-    size = -(-per_shard // calls)  # equal micro-batches: `calls` of `size`, padding the last shard rows
-    padded = calls * size
-
-    def split(a):  # (B, ...) -> (calls, shards * size, ...); call j takes rows j, j + calls, ... of each shard
-      a = a.reshape((shards, per_shard) + a.shape[1:])
-      a = jnp.pad(a, [(0, 0), (0, padded - per_shard)] + [(0, 0)] * (a.ndim - 2))
-      a = jnp.moveaxis(a.reshape((shards, size, calls) + a.shape[2:]), 2, 0)
-      return a.reshape((calls, shards * size) + a.shape[3:])
-
-    def join(a):  # the inverse of `split`, padding dropped
-      a = jnp.moveaxis(a.reshape((calls, shards, size) + a.shape[2:]), 0, 2)
-      return a.reshape((shards, padded) + a.shape[3:])[:, :per_shard].reshape((batch,) + a.shape[3:])
-
     leaves, treedef = jax.tree.flatten((x, t, cond))
     is_batched = [np.ndim(a) >= 1 and np.shape(a)[0] == batch for a in leaves]
 
@@ -113,8 +118,8 @@ def micro_batched(apply_fn, micro_batch, shards=1):
       args = jax.tree.unflatten(treedef, [next(parts) if b else a for a, b in zip(leaves, is_batched)])
       return apply_fn(variables, *args, **kwargs)
 
-    outputs = jax.lax.map(one_call, [split(jnp.asarray(a)) for a, b in zip(leaves, is_batched) if b])
-    return jax.tree.map(join, outputs)
+    parts = [split_micro_batches(jnp.asarray(a), calls) for a, b in zip(leaves, is_batched) if b]
+    return jax.tree.map(join_micro_batches, jax.lax.map(one_call, parts))
 
   return apply
 
@@ -132,7 +137,4 @@ def cpu_grad_accum_steps(model, per_device_batch, budget_bytes=None):
   """
   budget = CPU_TRAIN_MICRO_BATCH_BYTES if budget_bytes is None else budget_bytes
   micro = cpu_micro_batch(model, model.sample_shape, jnp.zeros((1,), jnp.int32), budget)
-  if micro is None:
-    return 1
-  return min(k for k in range(1, per_device_batch + 1)
-             if per_device_batch % k == 0 and per_device_batch // k <= micro)
+  return 1 if micro is None else micro_batch_count(per_device_batch, micro)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdpm.parallel import microbatch
 from jdpm.training import freeze
 from jdpm.training.state import TrainState
 
@@ -81,9 +82,8 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
     k = grad_accum_steps
     if b % k:
       raise ValueError(f"global batch {b} is not divisible by grad_accum_steps={k}.")
-    # Micro-batch j takes examples j, j+k, j+2k, ...: each device's contiguous block of the batch then
-    # contributes equally to every micro-batch, so the split needs no communication.
-    micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(b // k, k, *a.shape[1:]), 0, 1), batch)
+    # Micro-batch j takes examples j, j+k, j+2k, ...: no communication between devices.
+    micro = jax.tree.map(lambda a: microbatch.split_micro_batches(a, k), batch)
 
     def body(acc, mb):
       g, (losses, aux) = grad_fn(params, frozen, mb)
@@ -91,7 +91,7 @@ def make_update_fn(objective: Objective, optimizer: optax.GradientTransformation
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, (losses, aux) = jax.lax.scan(body, zeros, micro)
-    unsplit = lambda a: jnp.swapaxes(a, 0, 1).reshape(b, *a.shape[2:])
+    unsplit = microbatch.join_micro_batches
     return jax.tree.map(lambda g: g / k, grads), (unsplit(losses), jax.tree.map(unsplit, aux))
 
   def update(state: TrainState, batch: dict, frozen=None):
