@@ -33,6 +33,8 @@ import pathlib
 import sys
 import time
 
+from jdpm import huge_pages
+
 HERE = pathlib.Path(__file__).resolve().parent
 log = logging.getLogger("jdpm.sample")
 PROXY_DATASETS = ("shapes", "digits")  # built-in data measured by jdpm's proxy classifier (shapes-FID)
@@ -355,4 +357,5 @@ def print_quick_evaluation(metrics, num_samples, seconds, dataset, num_classes, 
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()

@@ -20,6 +20,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jdpm import huge_pages
+
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dit.py:tiny.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU pods: no other flag needed).")
@@ -105,4 +107,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   app.run(main, flags_parser=parse_flags)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
+from jdpm import huge_pages  # noqa: E402
 from bench import common  # noqa: E402
 from bench.train_throughput import measure, mfu  # noqa: E402
 from jdpm.training.edt_masking import EDTMaskingObjective  # noqa: E402
@@ -122,4 +123,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()

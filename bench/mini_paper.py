@@ -27,6 +27,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jdpm import huge_pages  # noqa: E402
 from bench import common  # noqa: E402
 from configs import dit as dit_config, edt as edt_config, mdt as mdt_config  # noqa: E402
 
@@ -127,4 +128,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()

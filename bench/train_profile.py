@@ -29,6 +29,7 @@ import jax
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
+from jdpm import huge_pages  # noqa: E402
 from bench import common  # noqa: E402
 from bench import train_throughput  # noqa: E402
 
@@ -127,4 +128,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()

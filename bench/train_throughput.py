@@ -22,6 +22,7 @@ import optax
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
+from jdpm import huge_pages  # noqa: E402
 import jdpm  # noqa: E402
 from bench import common  # noqa: E402
 from jdpm import diffusion, parallel  # noqa: E402
@@ -159,4 +160,5 @@ def main():
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()

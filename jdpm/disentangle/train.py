@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from jdpm import huge_pages
 from jdpm.data import factors as factor_data
 from jdpm.data import storage
 from jdpm.disentangle import losses, manipulate
@@ -251,6 +252,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "e.g. configs/disdiff.py:shapes3d_tiny", lock_config=False)

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jdpm import huge_pages
+
 config_flags.DEFINE_config_file("config", None, "e.g. configs/dpir.py:sr_fusion", lock_config=True)
 flags.DEFINE_string("workdir", None, "root directory of the DP-IR modules")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -35,4 +37,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   app.run(main)

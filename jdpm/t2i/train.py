@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from jdpm import huge_pages
 from jdpm.data import captioned_shapes
 from jdpm.diffusion import betas as betas_lib, conditioning, losses
 from jdpm.t2i import models
@@ -262,4 +263,5 @@ def _setup(t2i, args):
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()
   main()
