@@ -56,7 +56,9 @@ def setup(model_name, batch, dtype="float32", objective_factory=None, **model_kw
   state = create_train_state(variables["params"], optimizer, rng, extra=objective.init_extra())
   shardings = jax.tree.map(lambda a: parallel.param_sharding(a.shape, mesh), state)
   accum = parallel.cpu_grad_accum_steps(model, batch // jax.device_count())  # the trainer's default ("auto")
-  update = make_update_fn(objective, optimizer, compute_dtype=compute_dtype, grad_accum_steps=accum)
+  # As the trainer (norms on its logging steps only, every 200 by default).
+  update = make_update_fn(objective, optimizer, compute_dtype=compute_dtype, grad_accum_steps=accum,
+                          norms_every=200)
   update = jit_update_fn(update, shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh))
   return dict(model=model, macs=jdpm.models.count_macs(model), forward=forward, variables=variables, x=x,
               update=update, state=jax.device_put(state, shardings),

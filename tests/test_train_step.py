@@ -92,6 +92,26 @@ def test_ema_and_metrics():
   assert set(metrics) >= {"loss", "grad_norm", "param_norm", "lr", "abs_err"}
 
 
+def test_norms_only_on_due_steps():
+  """norms_every / last_step: the norms of a due step equal the every-step ones; other steps report NaN."""
+  optimizer = optax.sgd(0.1)
+  every = make_update_fn(NoisyRegression(), optimizer, ema_decay=0.9)
+  sparse = make_update_fn(NoisyRegression(), optimizer, ema_decay=0.9, norms_every=3, last_step=5)
+  state = create_train_state(_params(jax.random.key(0)), optimizer, jax.random.key(1), extra=jnp.float32(0))
+  states = {"every": state, "sparse": state}
+  for step, batch in enumerate(_batches(6), start=1):
+    states["every"], m_every = jax.jit(every)(states["every"], batch)
+    states["sparse"], m_sparse = jax.jit(sparse)(states["sparse"], batch)
+    for name in ("grad_norm", "param_norm"):
+      if step in (3, 5, 6):
+        assert float(m_sparse[name]) == pytest.approx(float(m_every[name]), rel=1e-6), (step, name)
+      else:
+        assert np.isnan(float(m_sparse[name])), (step, name)
+    assert float(m_sparse["loss"]) == pytest.approx(float(m_every["loss"]), rel=1e-6)
+  with pytest.raises(ValueError, match="norms_every"):
+    make_update_fn(NoisyRegression(), optimizer, norms_every=0)
+
+
 def test_dit_denoising_steps_equal_on_one_and_eight_devices():
   """The real objective (timesteps, noise, label drops drawn for the global batch) on a micro DiT."""
   import jdpm

@@ -179,7 +179,7 @@ class Trainer:
     update = make_update_fn(objective, optimizer, ema_decay=config.ema_decay,
                             ema_warmup=config.get("ema_warmup", False),
                             grad_accum_steps=grad_accum_steps(config, model), compute_dtype=compute_dtype,
-                            lr_schedule=lr_schedule)
+                            lr_schedule=lr_schedule, norms_every=config.log_every, last_step=config.total_steps)
     update = jit_update_fn(update, state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh),
                            frozen_shardings=frozen_shardings)
     return cls(config, mesh, model, objective, optimizer, lr_schedule, state_shardings, abstract_state,
