@@ -25,6 +25,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from jdpm import huge_pages  # noqa: E402
 import jdpm  # noqa: E402
 from bench import common  # noqa: E402
+from configs import common as config_common  # noqa: E402
 from jdpm import diffusion, parallel  # noqa: E402
 from jdpm.training.objectives import DenoisingObjective  # noqa: E402
 from jdpm.training.state import create_train_state  # noqa: E402
@@ -56,9 +57,9 @@ def setup(model_name, batch, dtype="float32", objective_factory=None, **model_kw
   state = create_train_state(variables["params"], optimizer, rng, extra=objective.init_extra())
   shardings = jax.tree.map(lambda a: parallel.param_sharding(a.shape, mesh), state)
   accum = parallel.cpu_grad_accum_steps(model, batch // jax.device_count())  # the trainer's default ("auto")
-  # As the trainer (norms on its logging steps only, every 200 by default).
+  # As the trainer: the norm metrics on its logging steps only (the papers' configs' log_every).
   update = make_update_fn(objective, optimizer, compute_dtype=compute_dtype, grad_accum_steps=accum,
-                          norms_every=200)
+                          norms_every=config_common.base_config().log_every)
   update = jit_update_fn(update, shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh))
   return dict(model=model, macs=jdpm.models.count_macs(model), forward=forward, variables=variables, x=x,
               update=update, state=jax.device_put(state, shardings),

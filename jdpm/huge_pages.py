@@ -5,7 +5,8 @@ threshold (32 MiB at most) are mapped anew each time, and the kernel then faults
 4 KiB at a time. A training step of the S/2 models touches 0.7-1.3 GB this way, 0.19-0.33 M page faults,
 about a sixth of the step on a 2-core CPU. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for transparent
 huge pages on the memory malloc maps (2 MiB per fault): 10-20x fewer faults and +20% training throughput
-for DiT-S/2, EDT-S/2 and MDTv2-S/2 at batch 8 (BENCHMARKS.md, "Huge pages").
+for DiT-S/2, EDT-S/2 and MDTv2-S/2 at batch 8 (BENCHMARKS.md, the reading of the huge-page
+A/B sections).
 
 glibc reads its tunables once, when the process starts, so `restart_with_huge_pages` re-executes the
 running program (same process id, arguments and environment, plus the tunable). jdpm's command-line
