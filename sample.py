@@ -346,14 +346,18 @@ def print_quick_evaluation(metrics, num_samples, seconds, dataset, num_classes, 
   floor = " (real test images: about 0.03 at 1,000 samples; fewer samples read higher)" if dataset == "shapes" else ""
   print(f"quick evaluation ({num_samples} samples, {seconds:.0f} s): class accuracy {metrics['accuracy']:.3f} "
         f"(chance {1 / num_classes:.2f}), {dataset}-FID {metrics['fid']:.1f}{floor}")
+  full = (f"the full measurement (FID, sFID, IS, precision, recall): python sample.py --workdir={workdir} "
+          f"--num-samples=2000 --eval-stats={pathlib.Path(workdir) / (dataset + '_ref.npz')}")
   if metrics["accuracy"] < 0.9:
-    print(f"  next: train longer: the same train.py command with --config.total_steps=<more> resumes "
-          f"{workdir}; or a longer recipe such as --config=configs/dit.py:tiny_long")
+    # Measured past the tiny recipes' length: 40,000 steps (tiny_long) and a 4x wider DiT give the main job's
+    # accuracy again (BENCHMARKS.md, "First-run quality", parts 4-10); a run cut short still gains from more.
+    print(f"  next: a run stopped before its recipe's end gains from more steps (the same train.py command with "
+          f"--config.total_steps=<more> resumes {workdir}); past the tiny recipe's 14,000 steps, neither longer "
+          f"training (--config=configs/dit.py:tiny_long) nor a 4x wider model raised the accuracy (BENCHMARKS.md, "
+          f"\"First-run quality\"); {full}")
   else:
-    print(f"  next: the full measurement (FID, sFID, IS, precision, recall): python sample.py "
-          f"--workdir={workdir} --num-samples=2000 --eval-stats={pathlib.Path(workdir) / (dataset + '_ref.npz')}; "
-          f"other samplers: --sampler=dpm_solver++ --steps=20; the EDT and MDTv2 recipes: configs/edt.py, "
-          f"configs/mdt.py")
+    print(f"  next: {full}; other samplers: --sampler=dpm_solver++ --steps=20; the EDT and MDTv2 recipes: "
+          f"configs/edt.py, configs/mdt.py")
 
 
 if __name__ == "__main__":
