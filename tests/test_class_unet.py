@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 import jdpm
 from configs import unet as unet_configs
@@ -44,3 +45,12 @@ def test_config_survives_config_json():
   model = run.create_model(reread)
   assert model.block_out_channels == (32, 64, 64)
   hash(model)
+
+
+def test_tiny_long_is_the_tiny_recipe_over_28000_steps():
+  short, long = unet_configs.get_config("tiny"), unet_configs.get_config("tiny_long")
+  assert (long.total_steps, long.optimizer.decay_steps) == (28_000, 28_000)  # measured so (BENCHMARKS part 11)
+  long.total_steps, long.optimizer.decay_steps = short.total_steps, short.optimizer.decay_steps
+  assert long.to_dict() == short.to_dict()
+  with pytest.raises(ValueError, match="tiny or tiny_long"):
+    unet_configs.get_config("S")
