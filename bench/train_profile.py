@@ -107,7 +107,8 @@ def main():
   p.add_argument("--top", type=int, default=8, help="the most expensive JAX operations listed per batch")
   p.add_argument("--no-record", action="store_true", help="print only, do not append to BENCHMARKS.md")
   args = p.parse_args()
-  kwargs = json.loads(args.model_kwargs)
+  # JSON has lists where a Flax module's fields need tuples (hashable), e.g. a UNet's block_out_channels.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.model_kwargs).items()}
 
   peak = common.matmul_peak_flops()
   rows = ["| batch | step ms | GFLOP/s (MFU) | ops/step | busy | " + " | ".join(KINDS) + " |",
