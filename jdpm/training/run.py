@@ -32,7 +32,12 @@ def model_kwargs(config) -> dict:
   """The keyword arguments of ``jdpm.models.create`` from ``config.model`` (all fields but ``name``)."""
   kwargs = config.model.to_dict()
   kwargs.pop("name")
-  # A config read back from config.json has lists where it had tuples; Flax modules must be hashable.
+  return hashable_fields(kwargs)
+
+
+def hashable_fields(kwargs: dict) -> dict:
+  """`kwargs` with its lists as tuples: JSON (a config.json, a command line) has lists where a Flax module's
+  fields need tuples, because modules must be hashable."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
