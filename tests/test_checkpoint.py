@@ -4,6 +4,7 @@ Every checkpoint here holds a step-dependent state, so a restore that picks the 
 wrong sharding or the wrong iterator position changes the numbers compared.
 """
 
+import gc
 import logging
 import os
 import pathlib
@@ -308,13 +309,22 @@ def test_preemption_guard_turns_sigterm_into_flag():
 
 
 def test_preemption_guard_second_sigint_interrupts():
-  with PreemptionGuard(handle_sigint=True) as guard:
-    os.kill(os.getpid(), signal.SIGINT)
-    assert _wait_for(lambda: guard.should_stop)
-    assert guard.received_signal == signal.SIGINT
-    with pytest.raises(KeyboardInterrupt):
+  # Python runs a signal handler in whatever main-thread code comes next, garbage-collector
+  # finalizers included, and an exception raised inside a finalizer is printed and dropped. With
+  # the objects earlier tests leave behind, a collection during the wait could swallow the
+  # KeyboardInterrupt, so the collector stays off while the signals are in flight.
+  gc.collect()
+  gc.disable()
+  try:
+    with PreemptionGuard(handle_sigint=True) as guard:
       os.kill(os.getpid(), signal.SIGINT)
-      _wait_for(lambda: False, timeout=2.0)
+      assert _wait_for(lambda: guard.should_stop)
+      assert guard.received_signal == signal.SIGINT
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for(lambda: False, timeout=2.0)
+  finally:
+    gc.enable()
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
