@@ -24,7 +24,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="ClassUNet", input_size=32, in_channels=3, num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
-      block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=16, norm_num_groups=8))
+      block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=16, norm_num_groups=8,
+      resnet_time_scale_shift="default", space_to_depth=1))
   c = tiny_recipe(c)
   if arg == "tiny_long":
     c.total_steps = 28_000

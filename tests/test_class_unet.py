@@ -12,6 +12,7 @@ import pytest
 
 import jdpm
 from configs import unet as unet_configs
+from jdpm.models import class_unet, layers
 from jdpm.training import run
 
 
@@ -54,3 +55,32 @@ def test_tiny_long_is_the_tiny_recipe_over_28000_steps():
   assert long.to_dict() == short.to_dict()
   with pytest.raises(ValueError, match="tiny or tiny_long"):
     unet_configs.get_config("S")
+
+
+def test_space_to_depth_is_what_unpatchify_undoes():
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  folded = class_unet.space_to_depth(x, 2)
+  assert folded.shape == (2, 2, 3, 12)
+  # Position (0, 1) holds the block of rows 0-1, columns 2-3, ordered (row, column, channel).
+  np.testing.assert_array_equal(folded[1, 0, 1], np.concatenate([x[1, 0, 2], x[1, 0, 3], x[1, 1, 2], x[1, 1, 3]]))
+  tokens = class_unet.space_to_depth(x[:, :, :4], 2).reshape(2, 4, 12)  # unpatchify needs a square grid
+  np.testing.assert_array_equal(layers.unpatchify(tokens, 2, 3), x[:, :, :4])
+
+
+@pytest.mark.parametrize("options", [dict(space_to_depth=2), dict(resnet_time_scale_shift="scale_shift")])
+def test_options_keep_the_denoiser_shapes(options):
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  t, y = jnp.array([10.0, 900.0]), jnp.array([0, 3])
+  for learn_sigma, channels in ((False, 3), (True, 6)):
+    model = _small(num_classes=3, learn_sigma=learn_sigma, **options)
+    abstract = jax.eval_shape(model.init, jax.random.key(1), x, t, y)
+    assert jax.eval_shape(model.apply, abstract, x, t, y).shape == (2, 8, 8, channels)
+  if "space_to_depth" in options:  # the UNet sees 4x4 positions of 12 channels
+    assert abstract["params"]["unet"]["conv_in"]["kernel"].shape[-2:] == (12, 8)
+
+
+def test_space_to_depth_must_divide_the_image():
+  model = _small(num_classes=3, space_to_depth=3)
+  x = jnp.zeros((1, 8, 8, 3))
+  with pytest.raises(ValueError, match="must divide"):
+    jax.eval_shape(model.init, jax.random.key(1), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
