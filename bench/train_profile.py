@@ -32,7 +32,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from jdpm import huge_pages  # noqa: E402
 from bench import common  # noqa: E402
 from bench import train_throughput  # noqa: E402
-from jdpm.training import run  # noqa: E402
+from jdpm import fields  # noqa: E402
 
 MATMULS = ("dot_general", "conv_general_dilated")
 LAYOUT = ("transpose", "copy", "pad", "reshape", "concatenate", "slice", "dynamic_slice", "gather",
@@ -108,7 +108,7 @@ def main():
   p.add_argument("--top", type=int, default=8, help="the most expensive JAX operations listed per batch")
   p.add_argument("--no-record", action="store_true", help="print only, do not append to BENCHMARKS.md")
   args = p.parse_args()
-  kwargs = run.hashable_fields(json.loads(args.model_kwargs))  # e.g. a UNet's block_out_channels
+  kwargs = fields.hashable(json.loads(args.model_kwargs))  # e.g. a UNet's block_out_channels
 
   peak = common.matmul_peak_flops()
   rows = ["| batch | step ms | GFLOP/s (MFU) | ops/step | busy | " + " | ".join(KINDS) + " |",

@@ -13,6 +13,7 @@ import re
 import jax
 import jax.numpy as jnp
 
+from jdpm import fields
 from jdpm.convert.mapping import map_state_dict
 from jdpm.convert.state_dict import load_state_dict
 from jdpm.models.vae import SD_VAE_CONFIG, AutoencoderKL, abstract_variables
@@ -44,7 +45,7 @@ def diffusers_config(weights_path):
   if unsupported or config.get("use_quant_conv") is False or config.get("shift_factor"):
     raise ValueError(f"{path} describes a VAE this AutoencoderKL does not implement (blocks {sorted(blocks)}, "
                      "or no quant convs / a shift factor as in SD3/FLUX VAEs); the papers use sd-vae-ft-ema/-mse.")
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in _CONFIG_FIELDS}
+  return fields.hashable({k: v for k, v in config.items() if k in _CONFIG_FIELDS})
 
 
 def vae_from_diffusers(state_dict_or_path, **config):

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdpm import fields
+
 KERNEL_SUM_TOLERANCE = 1e-4
 
 
@@ -324,8 +326,8 @@ def record(task, params):
 
 def replay(recorded):
   """(task, params) from a `record` dict."""
-  settings = {k.split("/", 1)[1]: v.tolist() for k, v in recorded.items() if k.startswith("setting/")}
-  settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+  settings = fields.hashable({k.split("/", 1)[1]: v.tolist() for k, v in recorded.items()
+                              if k.startswith("setting/")})
   task = create(str(recorded["task"]), **settings)
   params = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in recorded.items() if k.startswith("param/")}
   return task, params

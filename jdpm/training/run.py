@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jdpm import models
+from jdpm import fields, models
 from jdpm.training import freeze
 
 CONFIG_FILE = "config.json"
@@ -32,13 +32,7 @@ def model_kwargs(config) -> dict:
   """The keyword arguments of ``jdpm.models.create`` from ``config.model`` (all fields but ``name``)."""
   kwargs = config.model.to_dict()
   kwargs.pop("name")
-  return hashable_fields(kwargs)
-
-
-def hashable_fields(kwargs: dict) -> dict:
-  """`kwargs` with its lists as tuples: JSON (a config.json, a command line) has lists where a Flax module's
-  fields need tuples, because modules must be hashable."""
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return fields.hashable(kwargs)  # a config.json gives lists where module fields need tuples
 
 
 def create_model(config, **overrides):
