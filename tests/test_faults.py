@@ -100,6 +100,16 @@ def test_resuming_with_another_batch_size_needs_consent(tmp_path, data_dir):
   assert int(trainer.train(bigger, workdir, allow_batch_size_change=True).step) == 4
 
 
+def test_a_model_option_added_at_its_default_keeps_a_run_resumable():
+  """config.json of an older run lacks fields a config gained since; built, the two are the same module."""
+  before = dict(name="ClassUNet", input_size=32, block_out_channels=[32, 64, 64])  # lists, as JSON has them
+  now = dict(before, resnet_time_scale_shift="default", space_to_depth=1)
+  assert trainer._same_model(before, now)
+  assert not trainer._same_model(before, dict(now, space_to_depth=2))
+  assert not trainer._same_model(dict(before, no_such_field=1), now)  # a run this version cannot build
+  assert not trainer._same_model(None, now)
+
+
 def test_sample_grid_has_class_names_and_readable_tiles(tmp_path):
   images = np.linspace(-1, 1, 4 * 32 * 32 * 3).reshape(4, 32, 32, 3)
   path = generate.save_grid(images, tmp_path / "g.png", ncol=2, column_labels=["red circle", "blue circle"])

@@ -100,6 +100,21 @@ def validate(config, data_info, model=None, objective=None) -> None:
     raise ConfigError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}.")
 
 
+def _same_model(stored: dict | None, current: dict) -> bool:
+  """Whether two ``config.model`` dicts (as config.json holds them) build the same module.
+
+  Compared as built modules, not as dicts, so that a field added to a config at the module's default (a new
+  model option) does not turn an existing run into "a different model".
+  """
+  if stored == current:
+    return True
+  try:
+    return run_lib.create_model(ml_collections.ConfigDict({"model": stored})) == run_lib.create_model(
+        ml_collections.ConfigDict({"model": current}))
+  except (run_lib.ConfigError, KeyError, TypeError, AttributeError):  # a stored model this version cannot build
+    return False
+
+
 def _check_workdir_config(workdir: pathlib.Path, config, allow_batch_size_change=False) -> None:
   """Refuses to resume a run of a different model (or, unless allowed, batch size), then stores the config.
 
@@ -112,7 +127,7 @@ def _check_workdir_config(workdir: pathlib.Path, config, allow_batch_size_change
   has_run = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
   if path.exists() and has_run:
     stored = json.loads(path.read_text())
-    if stored.get("model") != current["model"]:
+    if not _same_model(stored.get("model"), current["model"]):
       raise ConfigError(f"{workdir} holds a run of a different model ({stored.get('model')}); "
                         f"use a new --workdir or the same model config.")
     old_batch = stored.get("batch_size")
