@@ -350,10 +350,10 @@ def print_quick_evaluation(metrics, num_samples, seconds, dataset, num_classes, 
           f"--num-samples=2000 --eval-stats={pathlib.Path(workdir) / (dataset + '_ref.npz')}")
   if metrics["accuracy"] < 0.9:
     # Measured past the tiny recipes' length: 40,000 steps (dit.py:tiny_long) and a 4x wider DiT give the main
-    # job's accuracy again, the UNet's 28,000 steps 0.921 (BENCHMARKS.md, "First-run quality", parts 4-11).
+    # job's accuracy again, the UNet's 28,000 steps 0.933 (BENCHMARKS.md, "First-run quality", parts 4-13).
     print(f"  next: a run stopped before its recipe's end gains from more steps (the same train.py command with "
           f"--config.total_steps=<more> resumes {workdir}); past the tiny DiT's 14,000 steps its accuracy stays, "
-          f"while the pixel UNet's long recipe reaches 0.92 in about 42 minutes on 2 cores: "
+          f"while the pixel UNet's long recipe reaches 0.93 in about 42 minutes on 2 cores: "
           f"--config=configs/unet.py:tiny_long (BENCHMARKS.md, \"First-run quality\"); {full}")
   else:
     print(f"  next: {full}; other samplers: --sampler=dpm_solver++ --steps=20; the EDT and MDTv2 recipes: "
