@@ -31,6 +31,7 @@ from jdpm import data as data_lib
 from jdpm import parallel
 from jdpm.models import layers
 from jdpm.training import checkpoint as checkpoint_lib
+from jdpm.training import dispatch
 from jdpm.training import freeze, objectives, optimizers, preemption, schedules
 from jdpm.training import metrics as metrics_lib
 from jdpm.training import run as run_lib
@@ -291,6 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None, al
   bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                   disable=jax.process_index() != 0)
   step = start
+  in_flight = dispatch.InFlightLimit()  # a bounded queue of dispatched steps (see `jdpm.training.dispatch`)
   budget = config.get("time_budget_s", 0) or None  # wall-clock seconds of training, compilation excluded
   clock = None
   # SIGTERM (preemption) and the first Ctrl-C finish the current step, save it and stop; a second Ctrl-C
@@ -300,6 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, sample_fn=None, al
       batch = parallel.global_batch(next(data_iter), trainer.mesh)
       batch.pop("index", None)
       state, metrics = trainer.update(state, batch, frozen)
+      in_flight.add(metrics)  # not the state: the next step donates its buffers
       step += 1
       steps_since += 1
       if pending is not None:
