@@ -102,6 +102,7 @@ def test_checkpoints_of_the_previous_trainer_still_restore(tmp_path, data_dir):
   # Training resumes from it with the current trainer.
   config = micro_config(data_dir, total_steps=3)
   config.data.name = "shapes/tiny"
+  config.model.class_dropout_prob = 0.1  # the tiny recipe's label dropout when the run was made
   resumed = trainer.train(config, workdir)
   assert int(resumed.step) == 3
 
