@@ -28,9 +28,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                         num_classes=10, mlp_ratio=4.0))
     if arg == "tiny":
       # Half the papers' label dropout: at the main job's 14,000 steps 0.05 gave accuracy 0.748 and 0.755
-      # (seeds 0 and 1) against 0.733 and 0.730 for 0.1, shapes-FID unchanged; 0.25 lost (BENCHMARKS.md,
-      # "First-run quality", parts 10 and 14). Less unconditional training leaves more of the small model to
-      # the classes; 0.05 still trains the null class guidance needs.
+      # (seeds 0 and 1) against 0.733 and 0.730 for 0.1, shapes-FID unchanged; 0.02 (0.718) and 0.25 lost
+      # (BENCHMARKS.md, "First-run quality", parts 10, 14 and 15). Less unconditional training leaves more of
+      # the small model to the classes, but guidance still needs a trained null class.
       c.model.class_dropout_prob = 0.05
     return tiny_recipe(c) if arg == "tiny" else tiny_long_recipe(c)
   if arg not in DIT_SIZES:
