@@ -313,6 +313,9 @@ def test_preemption_guard_second_sigint_interrupts():
   # finalizers included, and an exception raised inside a finalizer is printed and dropped. With
   # the objects earlier tests leave behind, a collection during the wait could swallow the
   # KeyboardInterrupt, so the collector stays off while the signals are in flight.
+  # The handler to restore is whatever SIGINT had before: Python's default_int_handler, or SIG_IGN when the
+  # tests run from a shell that ignores SIGINT for background jobs.
+  previous = signal.getsignal(signal.SIGINT)
   gc.collect()
   gc.disable()
   try:
@@ -325,7 +328,7 @@ def test_preemption_guard_second_sigint_interrupts():
         _wait_for(lambda: False, timeout=2.0)
   finally:
     gc.enable()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is previous
 
 
 _TWO_PROCESS_WORKER = r'''
