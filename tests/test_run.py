@@ -94,15 +94,16 @@ def test_checkpoints_of_the_previous_trainer_still_restore(tmp_path, data_dir):
   --config.data.name=shapes/tiny --config.checkpoint_every=2 --config.sample_every=0` at commit 983e89a)."""
   workdir = tmp_path / "legacy"
   shutil.copytree(LEGACY_RUN, workdir)
-  config, model, variables, step = run.restore(workdir)
-  assert step == 2 and config.model.hidden_size == 16
+  legacy, model, variables, step = run.restore(workdir)
+  assert step == 2 and legacy.model.hidden_size == 16
   x = np.zeros((1,) + model.sample_shape, np.float32)
   out = model.apply(variables, x, np.array([0]), np.array([1]))
   assert out.shape == (1, 32, 32, 6) and np.all(np.isfinite(out))
-  # Training resumes from it with the current trainer.
+  # Training resumes from it with the current trainer, keeping the label dropout the run was made with (the
+  # tiny recipe's has changed since, and a different model config is refused on resume).
   config = micro_config(data_dir, total_steps=3)
   config.data.name = "shapes/tiny"
-  config.model.class_dropout_prob = 0.1  # the tiny recipe's label dropout when the run was made
+  config.model.class_dropout_prob = legacy.model.class_dropout_prob
   resumed = trainer.train(config, workdir)
   assert int(resumed.step) == 3
 
